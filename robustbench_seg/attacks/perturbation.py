@@ -1,0 +1,101 @@
+"""The suite's one perturbation format: ``NAME.npy`` + ``NAME.json``.
+
+``NAME.npy``: float32, C x H x W (C = 3, RGB), an additive offset in 0-255 pixel units, saved
+without pickling. ``NAME.json``: method, norm, xi, size, source model, data prior, seed,
+iterations, fooling rate, crafting time, package version (and for imports the original file's
+sha256 and the conversion applied).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import PerturbationError
+from ..io import atomic_save_npy, atomic_write_json, load_npy, read_json, sha256_file
+from ..paths import shipped_perturbations_dir
+
+REQUIRED_META = ("method", "norm", "xi")
+
+
+@dataclass
+class Perturbation:
+    name: str
+    array: np.ndarray  # float32 (3, H, W), RGB, 0-255 units
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.array.shape[1]), int(self.array.shape[2])
+
+    def tensor(self, device=None, dtype=None):
+        import torch
+
+        return torch.as_tensor(self.array, device=device, dtype=dtype or torch.float32)
+
+
+def validate_array(array: np.ndarray, source: str | Path, xi: float | None = None, tol: float = 1e-3) -> np.ndarray:
+    """Shape (3, H, W), float32, finite, and within +-xi (when given)."""
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise PerturbationError(f"expected a float array, got dtype {getattr(array, 'dtype', type(array))}", source)
+    if array.ndim != 3 or array.shape[0] != 3 or array.shape[1] < 1 or array.shape[2] < 1:
+        raise PerturbationError(f"expected shape (3, H, W), got {tuple(array.shape)}", source)
+    if not np.all(np.isfinite(array)):
+        raise PerturbationError("holds NaN or infinite values", source)
+    if xi is not None:
+        peak = float(np.abs(array).max())
+        if peak > xi + tol:
+            raise PerturbationError(f"max |value| {peak:.4g} exceeds the stated xi = {xi:g} (0-255 units)", source)
+    return array.astype(np.float32, copy=False)
+
+
+def resolve_perturbation_path(name_or_path: str | Path) -> Path:
+    """A path to ``X.npy`` (or ``X`` with a sibling ``X.npy``), or a shipped perturbation's name."""
+    p = Path(name_or_path)
+    for cand in (p, p.with_suffix(".npy"), shipped_perturbations_dir() / f"{name_or_path}.npy"):
+        if cand.suffix == ".npy" and cand.is_file():
+            return cand
+    shipped = sorted(q.stem for q in shipped_perturbations_dir().glob("*.npy"))
+    raise PerturbationError(f"no such perturbation file or shipped name (shipped: {', '.join(shipped) or 'none'})", name_or_path)
+
+
+def load_perturbation(name_or_path: str | Path) -> Perturbation:
+    path = resolve_perturbation_path(name_or_path)
+    meta_path = path.with_suffix(".json")
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise PerturbationError("metadata is not a JSON object", meta_path)
+    array = load_npy(path)
+    xi = meta.get("xi")
+    norm = meta.get("norm", "inf")
+    array = validate_array(array, path, xi=float(xi) if xi is not None and norm in ("inf", "linf") else None)
+    return Perturbation(name=path.stem, array=array, meta=meta, sha256=sha256_file(path))
+
+
+def save_perturbation(path_or_name: str | Path, array: np.ndarray, meta: dict[str, Any]) -> Perturbation:
+    """Validate, then write NAME.npy and NAME.json atomically (a bare name goes to perturbations/)."""
+    path = Path(path_or_name)
+    if path.parent == Path(".") and not str(path_or_name).startswith("."):
+        path = shipped_perturbations_dir() / path.name
+    if path.suffix != ".npy":
+        path = path.with_name(path.name + ".npy")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise PerturbationError(f"metadata lacks {missing}", path)
+    array = validate_array(np.asarray(array), path, xi=float(meta["xi"]) if meta.get("norm", "inf") in ("inf", "linf") else None)
+    atomic_save_npy(path, array)
+    full = dict(meta)
+    full.setdefault("package_version", __version__)
+    full["size"] = [int(array.shape[1]), int(array.shape[2])]
+    full["sha256"] = sha256_file(path)
+    atomic_write_json(path.with_suffix(".json"), full)
+    return Perturbation(name=path.stem, array=array, meta=full, sha256=full["sha256"])
+
+
+def list_perturbations(folder: str | Path | None = None) -> list[str]:
+    folder = Path(folder) if folder else shipped_perturbations_dir()
+    return sorted(p.stem for p in folder.glob("*.npy"))

@@ -1,0 +1,187 @@
+"""``rbseg data {check,stats,subsets,synth}``: dataset validation, statistics, subsets, SynthVOC."""
+from __future__ import annotations
+
+import argparse
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..constants import VOC_CLASSES
+from ..errors import RbsegError
+from .common import add_data_arg, add_json_flag, console, print_json
+
+
+def show_progress(args) -> bool:
+    """Progress bars (on stderr) for interactive runs only; never around --json output."""
+    import sys
+
+    return not args.json and sys.stderr.isatty()
+
+SYNTH_PRESETS = ("micro", "tiny", "small", "large")
+
+
+def _split_list(text: str) -> list[str]:
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    if not splits:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of split names")
+    return splits
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="check, describe and subset a VOC tree; generate SynthVOC",
+                                   description="Dataset tools: validation, statistics, the paper's subsets, SynthVOC.")
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    p = sub.add_parser("check", help="validate a VOC tree and list every problem",
+                       description="Validate a VOC tree: images, masks, labels, sizes, split lists, instance "
+                                   "masks and XML. Exit 1 on any problem, 0 on a clean tree.")
+    add_data_arg(p)
+    p.add_argument("--strict-sizes", action="store_true",
+                   help="on a real VOC tree, any split size other than VOC 2012's is an error (by default a "
+                        "list with fewer than half the real ids is a partial tree: a warning)")
+    add_json_flag(p)
+    p.set_defaults(func=run_check)
+
+    p = sub.add_parser("stats", help="class frequencies and the co-occurrence matrix",
+                       description="Per-class image counts and the 21x21 co-occurrence matrix (images containing "
+                                   "both classes; diagonal = images containing the class) over one or more splits.")
+    add_data_arg(p)
+    p.add_argument("--splits", type=_split_list, default=None, metavar="A,B",
+                   help="comma-separated splits (default: train_aug,val, those that exist)")
+    add_json_flag(p)
+    p.set_defaults(func=run_stats)
+
+    p = sub.add_parser("subsets", help="the paper's evaluation subsets (Tables 2, 3, Figure 4)",
+                       description="Compute occ1, occall, obj1-4, uniq2-4, person-<c>, only-<c> and cooc50-10 "
+                                   "on a split (definitions: docs and robustbench_seg/data/subsets.py).")
+    add_data_arg(p)
+    p.add_argument("--split", default="val", help="split to subset (default: val)")
+    p.add_argument("--cooccur-splits", type=_split_list, default=["train_aug", "val"], metavar="A,B",
+                   help="splits counted for the co-occurrence matrix (default: train_aug,val; missing ones are "
+                        "dropped and the splits used are reported)")
+    add_json_flag(p)
+    p.set_defaults(func=run_subsets)
+
+    p = sub.add_parser("synth", help="generate a synthetic VOC tree (SynthVOC)",
+                       description="Write OUT/VOC2012/ in the VOC layout: JPEG images, palette masks, instance "
+                                   "masks, Annotations XML, split lists (train, val, trainval, train_aug, ooc).")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (the tree goes to DIR/VOC2012/)")
+    p.add_argument("--preset", default="tiny", choices=SYNTH_PRESETS, help="dataset size (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0); same seed, same bytes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR/VOC2012/")
+    add_json_flag(p)
+    p.set_defaults(func=run_synth)
+
+
+# --- check -----------------------------------------------------------------------------------------
+
+def run_check(args) -> int:
+    from ..data.check import check_tree
+
+    report = check_tree(args.data, strict_sizes=args.strict_sizes, progress=show_progress(args))
+    if args.json:
+        print_json(report.to_json())
+        return 0 if report.ok else 1
+    summary = Table(title=f"rbseg data check: {report.root}")
+    summary.add_column("split")
+    summary.add_column("ids", justify="right")
+    for split, n in report.splits.items():
+        summary.add_row(split, f"{n:,}")
+    for kind, n in report.checked.items():
+        summary.add_row(f"[dim]{kind} checked[/dim]", f"{n:,}")
+    kind = "real VOC" if report.real_voc else ("SynthVOC" if report.synthetic else "not real VOC (no split-size check)")
+    summary.caption = kind
+    console.print(summary)
+    for title, rows, style in (("problems", report.problems, "red"), ("warnings", report.warnings, "yellow")):
+        if rows:
+            table = Table(title=title, title_style=style)
+            table.add_column("file", overflow="fold")
+            table.add_column("problem", overflow="fold")
+            for row in rows:
+                table.add_row(row.file, row.problem)
+            console.print(table)
+    if report.ok:
+        console.print(f"[green]OK[/green]: no problems ({len(report.warnings)} warnings)")
+        return 0
+    console.print(f"[red]{len(report.problems)} problems[/red] ({len(report.warnings)} warnings)")
+    return 1
+
+
+# --- stats -----------------------------------------------------------------------------------------
+
+def _abbrev(name: str) -> str:
+    return {"background": "bg", "aeroplane": "plane", "bicycle": "bike", "bottle": "bottl", "diningtable": "table",
+            "motorbike": "mbike", "person": "pers", "pottedplant": "plant", "tvmonitor": "tv"}.get(name, name)
+
+
+def run_stats(args) -> int:
+    from ..data.stats import dataset_stats, existing_splits
+
+    splits = args.splits or existing_splits(args.data, ("train_aug", "val"))
+    if not splits:
+        raise RbsegError("none of the default splits (train_aug, val) exists here; pass --splits", args.data)
+    stats = dataset_stats(args.data, splits, progress=show_progress(args))
+    if args.json:
+        print_json(stats.to_json())
+        return 0
+    freq = Table(title=f"class frequencies over {', '.join(stats.splits)} ({stats.n_images:,} images)")
+    freq.add_column("class")
+    freq.add_column("images", justify="right")
+    freq.add_column("%", justify="right")
+    for name, n in zip(VOC_CLASSES, stats.frequencies):
+        freq.add_row(name, f"{int(n):,}", f"{100 * n / max(stats.n_images, 1):.1f}")
+    console.print(freq)
+    cooc = Table(title="co-occurrence (images containing both classes; diagonal = images containing the class)",
+                 box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left")
+    cooc.add_column("", no_wrap=True, min_width=5)
+    for name in VOC_CLASSES:
+        cooc.add_column(_abbrev(name), justify="right", no_wrap=True)
+    for name, row in zip(VOC_CLASSES, stats.cooccurrence):
+        cooc.add_row(_abbrev(name), *(str(int(v)) for v in row))
+    digits = len(str(int(stats.cooccurrence.max())))
+    needed = 16 + sum(max(len(_abbrev(n)), digits) + 3 for n in VOC_CLASSES)
+    # The matrix needs ~150 columns: render it at that width even on a narrower console.
+    (console if console.width >= needed else Console(width=needed)).print(cooc)
+    return 0
+
+
+# --- subsets ---------------------------------------------------------------------------------------
+
+def run_subsets(args) -> int:
+    from ..data.subsets import SUBSET_NAMES, compute_subsets
+
+    report = compute_subsets(args.data, split=args.split, cooccur_splits=args.cooccur_splits,
+                             progress=show_progress(args))
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    table = Table(title=f"subsets of {args.split} (co-occurrence over {', '.join(report.cooccur_splits) or 'none'})")
+    table.add_column("subset")
+    table.add_column("images", justify="right")
+    table.add_column("note", overflow="fold")
+    for name in SUBSET_NAMES:
+        if name in report.subsets:
+            table.add_row(name, str(len(report.subsets[name])), "")
+        else:
+            table.add_row(name, "-", f"unavailable: {report.unavailable[name]}")
+    dropped = [s for s in report.requested_cooccur_splits if s not in report.cooccur_splits]
+    if dropped:
+        table.caption = f"co-occurrence splits without a split list, left out: {', '.join(dropped)}"
+    console.print(table)
+    return 0
+
+
+# --- synth -----------------------------------------------------------------------------------------
+
+def run_synth(args) -> int:
+    from ..data import synth
+
+    root = synth.generate(args.out, preset=args.preset, seed=args.seed, progress=not args.json,
+                          overwrite=args.overwrite)
+    if args.json:
+        print_json({"root": str(root), "preset": args.preset, "seed": args.seed})
+    else:
+        console.print(f"SynthVOC '{args.preset}' (seed {args.seed}) written to {root}")
+    return 0

@@ -1,0 +1,192 @@
+"""The evaluation subsets of the paper (Table 2, Table 3, Figure 4), as defined in NOTES.md.
+
+On the evaluated split (VOC 2012 val by default):
+
+- ``occ1``: at least one Annotations-XML object has ``occluded=1``; ``occall``: every object is
+  occluded (images with no objects belong to neither).
+- ``obj1``..``obj4``: exactly k object instances: the distinct instance ids of
+  ``SegmentationObject/<id>.png`` (0 = background and 255 = void excluded), or, for an image with
+  no instance mask, the number of objects in its Annotations XML.
+- ``uniq2``..``uniq4``: exactly k distinct foreground classes in the ground-truth mask.
+- ``person-<c>`` / ``only-<c>`` for c in horse, motorbike, bicycle, bottle, car: the mask's
+  foreground classes are exactly {c, person} / exactly {c}. Table 3 reports the IoU of class c.
+- ``cooc50`` .. ``cooc10``: images with at least two foreground classes in which every pair of
+  their classes co-occurs in fewer than T images of the co-occurrence splits (default train_aug and
+  val; a missing split is dropped and the splits used are recorded).
+
+A subset whose annotations the tree lacks for some image of the split is *unavailable* (with the
+reason), never empty: a subset computed on part of the split would silently be a different subset.
+Ids keep the split-list order.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
+from ..errors import DataError, RbsegError
+from . import voc
+from .stats import class_sets, cooccurrence_matrix, existing_splits, foreground, merged_class_sets
+
+OCCLUSION_SUBSETS = ("occ1", "occall")
+OBJECT_COUNTS = (1, 2, 3, 4)
+UNIQUE_COUNTS = (2, 3, 4)
+TABLE3_CLASSES = ("horse", "motorbike", "bicycle", "bottle", "car")
+COOC_THRESHOLDS = (50, 40, 30, 20, 10)
+DEFAULT_COOCCUR_SPLITS = ("train_aug", "val")
+
+SUBSET_NAMES: tuple[str, ...] = (
+    *OCCLUSION_SUBSETS,
+    *(f"obj{k}" for k in OBJECT_COUNTS),
+    *(f"uniq{k}" for k in UNIQUE_COUNTS),
+    *(f"person-{c}" for c in TABLE3_CLASSES),
+    *(f"only-{c}" for c in TABLE3_CLASSES),
+    *(f"cooc{t}" for t in COOC_THRESHOLDS),
+)
+
+_PERSON = CLASS_INDEX["person"]
+
+
+def subset_class(name: str) -> int | None:
+    """Class index whose IoU Table 3 reports for ``person-<c>`` / ``only-<c>``; None for other subsets."""
+    if name not in SUBSET_NAMES:
+        raise RbsegError(f"unknown subset '{name}' (known: {', '.join(SUBSET_NAMES)})")
+    prefix, _, cls = name.partition("-")
+    return CLASS_INDEX[cls] if prefix in ("person", "only") else None
+
+
+# --- the definitions, as pure functions of per-image facts -------------------------------------
+
+def occlusion_subsets(occluded_flags: Mapping[str, Sequence[bool]]) -> dict[str, list[str]]:
+    """``occ1`` / ``occall`` from each image's per-object occluded flags."""
+    return {
+        "occ1": [i for i, flags in occluded_flags.items() if any(flags)],
+        "occall": [i for i, flags in occluded_flags.items() if len(flags) > 0 and all(flags)],
+    }
+
+
+def object_count_subsets(counts: Mapping[str, int]) -> dict[str, list[str]]:
+    """``obj<k>``: images with exactly k object instances."""
+    return {f"obj{k}": [i for i, n in counts.items() if n == k] for k in OBJECT_COUNTS}
+
+
+def class_set_subsets(fg_sets: Mapping[str, frozenset[int]]) -> dict[str, list[str]]:
+    """``uniq<k>``, ``person-<c>``, ``only-<c>`` from each image's foreground class set."""
+    out = {f"uniq{k}": [i for i, s in fg_sets.items() if len(s) == k] for k in UNIQUE_COUNTS}
+    for c in TABLE3_CLASSES:
+        out[f"person-{c}"] = [i for i, s in fg_sets.items() if s == {CLASS_INDEX[c], _PERSON}]
+    for c in TABLE3_CLASSES:
+        out[f"only-{c}"] = [i for i, s in fg_sets.items() if s == {CLASS_INDEX[c]}]
+    return out
+
+
+def max_pair_count(fg: frozenset[int], cooc: np.ndarray) -> int | None:
+    """Largest co-occurrence count over the pairs of an image's foreground classes (None if < 2 classes)."""
+    pairs = list(combinations(sorted(fg), 2))
+    return max(int(cooc[a, b]) for a, b in pairs) if pairs else None
+
+
+def cooccurrence_subsets(fg_sets: Mapping[str, frozenset[int]], cooc: np.ndarray) -> dict[str, list[str]]:
+    """``cooc<T>``: >= 2 foreground classes and every pair's count < T."""
+    worst = {i: max_pair_count(s, cooc) for i, s in fg_sets.items()}
+    return {f"cooc{t}": [i for i, m in worst.items() if m is not None and m < t] for t in COOC_THRESHOLDS}
+
+
+# --- reading the per-image facts from a tree ----------------------------------------------------
+
+def instance_count(path: str | Path) -> int:
+    """Distinct instance ids of a SegmentationObject PNG (0 and 255 excluded)."""
+    inst, _ = voc.read_label_png(path)
+    return int(sum(1 for v in np.unique(inst) if v not in (0, IGNORE_INDEX)))
+
+
+def _missing_reason(what: str, missing: list[str], total: int) -> str:
+    examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return f"no {what} for {len(missing)} of {total} images (e.g. {examples})"
+
+
+@dataclass
+class SubsetReport:
+    split: str
+    subsets: dict[str, list[str]]  # available subsets, in SUBSET_NAMES order
+    unavailable: dict[str, str]  # name -> reason
+    cooccurrence: np.ndarray  # (21, 21) int64 over cooccur_splits
+    cooccur_splits: list[str]  # the splits actually counted
+    requested_cooccur_splits: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "split": self.split,
+            "subsets": {name: list(ids) for name, ids in self.subsets.items()},
+            "unavailable": dict(self.unavailable),
+            "cooccurrence": {
+                "splits": list(self.cooccur_splits),
+                "classes": list(VOC_CLASSES),
+                "matrix": self.cooccurrence.astype(int).tolist(),
+            },
+        }
+
+
+def compute_subsets(
+    root: str | Path,
+    split: str = "val",
+    cooccur_splits: Sequence[str] = DEFAULT_COOCCUR_SPLITS,
+    progress: bool = False,
+) -> SubsetReport:
+    """Every subset of :data:`SUBSET_NAMES` on ``split`` (available ones, and why the others are not)."""
+    root = voc.resolve_root(root)
+    ids = list(dict.fromkeys(voc.read_split(root, split)))
+    if not ids:
+        raise DataError(f"split '{split}' lists no ids", voc.split_file(root, split))
+    fg_sets = {i: foreground(s) for i, s in class_sets(root, split, progress=progress).items()}
+    found: dict[str, list[str]] = {}
+    unavailable: dict[str, str] = {}
+
+    # Annotations XML: occlusion flags, and the object count fallback.
+    xml_objects = {i: voc.read_annotation(voc.annotation_path(root, i))
+                   for i in ids if voc.annotation_path(root, i).is_file()}
+    no_xml = [i for i in ids if i not in xml_objects]
+    if no_xml:
+        reason = _missing_reason("Annotations/*.xml", no_xml, len(ids))
+        unavailable.update({name: reason for name in OCCLUSION_SUBSETS})
+    else:
+        found.update(occlusion_subsets({i: [o.occluded for o in xml_objects[i]] for i in ids}))
+
+    counts: dict[str, int] = {}
+    for i in ids:
+        inst = voc.instance_path(root, i)
+        if inst.is_file():
+            counts[i] = instance_count(inst)
+        elif i in xml_objects:
+            counts[i] = len(xml_objects[i])
+    no_count = [i for i in ids if i not in counts]
+    if no_count:
+        reason = _missing_reason("SegmentationObject/*.png or Annotations/*.xml", no_count, len(ids))
+        unavailable.update({f"obj{k}": reason for k in OBJECT_COUNTS})
+    else:
+        found.update(object_count_subsets(counts))
+
+    found.update(class_set_subsets(fg_sets))
+
+    requested = list(cooccur_splits)
+    used = existing_splits(root, requested)
+    if used:
+        cooc = cooccurrence_matrix(merged_class_sets(root, used, progress=progress))
+        found.update(cooccurrence_subsets(fg_sets, cooc))
+    else:
+        cooc = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        reason = f"none of the co-occurrence splits ({', '.join(requested) or 'none given'}) has a split list"
+        unavailable.update({f"cooc{t}": reason for t in COOC_THRESHOLDS})
+
+    return SubsetReport(
+        split=split,
+        subsets={name: found[name] for name in SUBSET_NAMES if name in found},
+        unavailable={name: unavailable[name] for name in SUBSET_NAMES if name in unavailable},
+        cooccurrence=cooc,
+        cooccur_splits=used,
+        requested_cooccur_splits=requested,
+    )

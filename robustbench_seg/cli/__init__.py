@@ -6,12 +6,17 @@ User errors (:class:`RbsegError`) print one line and exit non-zero, without a tr
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
 
-from .. import __version__
-from ..errors import RbsegError
+# OpenMP threads that spin-wait make a busy 2-core machine crawl; passive waiting costs little when idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..errors import RbsegError  # noqa: E402
 
 # Command-group modules, in the order their commands appear in --help.
 COMMAND_MODULES = (

@@ -30,6 +30,14 @@ def confusion_matrix(
     keep = target != ignore_index
     target = target[keep]
     pred = pred[keep]
+    _check_label_ranges(pred, target, num_classes, ignore_index)
+    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def _check_label_ranges(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """ValueError when a (non-void) ground-truth or predicted label lies outside 0..num_classes-1."""
     if target.numel():
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:
@@ -37,9 +45,6 @@ def confusion_matrix(
         plo, phi = int(pred.min()), int(pred.max())
         if plo < 0 or phi >= num_classes:
             raise ValueError(f"predicted labels outside 0..{num_classes - 1}: min {plo}, max {phi}")
-    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
 
 
 def intersect_and_union(cm: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,3 +106,48 @@ def metrics_from_confusion(cm: torch.Tensor | np.ndarray) -> SegMetrics:
 def class_iou(cm: torch.Tensor | np.ndarray, class_index: int) -> float:
     """IoU (percent) of one class, as Table 3 reports it; nan when its union is zero."""
     return metrics_from_confusion(cm).iou[class_index]
+
+
+def batched_confusion_matrix(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int = NUM_CLASSES,
+    ignore_index: int = IGNORE_INDEX,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Per-image confusion matrices in one counting pass: (B, ...) -> (B, C, C), int64.
+
+    ``out[b]`` equals ``confusion_matrix(pred[b], target[b])``: each pixel's bin is offset by its
+    image index (b * C * C), void pixels go to one extra bin that is dropped. On CUDA the counts are
+    a ``scatter_add_`` into a fixed-size buffer (no host synchronisation); elsewhere ``bincount``.
+    ``validate=False`` skips the label-range checks (they synchronise a GPU): only for callers that
+    already validated the ground truth and whose predictions are an argmax over ``num_classes``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != ground-truth shape {tuple(target.shape)}")
+    if pred.ndim < 1:
+        raise ValueError("expected a batch dimension")
+    batch = pred.shape[0]
+    target = target.reshape(batch, -1).long()
+    pred = pred.reshape(batch, -1).long()
+    if validate:
+        keep = target != ignore_index
+        _check_label_ranges(pred[keep], target[keep], num_classes, ignore_index)
+    cc = num_classes * num_classes
+    dump = batch * cc
+    offset = torch.arange(batch, device=pred.device, dtype=torch.long).view(batch, 1) * cc
+    index = torch.where(target == ignore_index, dump, offset + target * num_classes + pred).reshape(-1)
+    counts = count_bins(index, dump + 1, scatter=index.is_cuda)
+    return counts[:dump].view(batch, num_classes, num_classes)
+
+
+def count_bins(index: torch.Tensor, n_bins: int, scatter: bool = False) -> torch.Tensor:
+    """Occurrences of each value 0..n_bins-1 in ``index`` (values must lie in that range), int64.
+
+    ``scatter=True``: ``scatter_add_`` into a fixed-size buffer (no host sync, for CUDA);
+    otherwise ``torch.bincount`` (fastest on CPU; synchronises a GPU to size its output).
+    """
+    if scatter:
+        counts = torch.zeros(n_bins, dtype=torch.long, device=index.device)
+        return counts.scatter_add_(0, index, torch.ones(1, dtype=torch.long, device=index.device).expand_as(index))
+    return torch.bincount(index, minlength=n_bins)

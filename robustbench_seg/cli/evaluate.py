@@ -1,0 +1,138 @@
+"""``rbseg evaluate``: a model clean and under every perturbation, on the full split and each subset."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich import box
+from rich.table import Table
+
+from ..attacks.apply import DEFAULT_FIT, FitMode
+from .common import add_device_arg, add_json_flag, console, print_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a model clean and under universal perturbations (mIoU, subsets)",
+        description="Evaluate a segmentation model at full resolution, clean and under each universal "
+                    "perturbation, on the full split and every paper subset, in one pass over the data. "
+                    "Results go to OUT/<model>/<dataset>/<split>-<fit>-<clip>-<dtype>/<input>.json and are "
+                    "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC tiny "
+                    "benchmark (generated into the cache on first use).",
+    )
+    p.add_argument("--model", required=True, metavar="NAME|CKPT|MODULE:FUNCTION",
+                   help="a zoo name (rbseg zoo list), a checkpoint path, or module:function returning an nn.Module")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="state dict for a module:function model (loaded safely, weights only)")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val; 'ooc' on SynthVOC)")
+    p.add_argument("--perturbations", default="all", metavar="all|none|NAME,...",
+                   help="shipped perturbation names or .npy paths (default: all shipped); clean is always included")
+    p.add_argument("--subsets", default="all", metavar="all|none|NAME,...",
+                   help="paper subsets to score besides the full split (default: all)")
+    p.add_argument("--fit", default=DEFAULT_FIT.value, choices=[m.value for m in FitMode],
+                   help="how a perturbation meets an image of another size (default: tile)")
+    p.add_argument("--no-clip", action="store_true", help="do not clip perturbed pixels to [0, 255]")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per batch, same-size images only (default: 8); changes no prediction")
+    add_device_arg(p)
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (recorded with the results)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding workers (default: 0 on a small CPU machine, up to 8 with CUDA)")
+    p.add_argument("--out", default="results", metavar="DIR", help="results folder (default: results/)")
+    p.add_argument("--force", action="store_true", help="recompute even when stored results match")
+    p.add_argument("--show-subsets", action="store_true", help="also print the mIoU of every subset")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import RbsegError
+    from ..evaluation.engine import evaluate
+
+    if args.batch_size < 1:
+        raise RbsegError(f"--batch-size must be >= 1, got {args.batch_size}")
+    records = evaluate(
+        args.model, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
+        fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json, force=args.force,
+    )
+    if args.json:
+        print_json([r.to_dict() for r in records])
+        return 0
+    console.print(results_table(records))
+    if args.show_subsets:
+        console.print(subsets_table(records))
+    if args.perturbations == "all" and len(records) == 1:
+        from ..paths import shipped_perturbations_dir
+
+        console.print(f"[dim]no shipped perturbations in {shipped_perturbations_dir()} (rbseg reproduce or "
+                      "rbseg craft makes them); evaluated clean only[/dim]")
+    unavailable = records[0].unavailable_subsets
+    if unavailable:
+        console.print(f"[dim]{len(unavailable)} subset(s) unavailable on this tree: "
+                      + "; ".join(f"{k}: {v}" for k, v in list(unavailable.items())[:3])
+                      + (" ..." if len(unavailable) > 3 else "") + "[/dim]")
+    return 0
+
+
+def _fmt(v: float | None, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def results_table(records) -> Table:
+    first = records[0]
+    proto = first.protocol
+    table = Table(
+        title=f"{first.model['name']} on {proto['dataset']} {proto['split']}",
+        caption=(f"{proto['n_images']} images, full resolution; fit={proto['fit']}, clip={'on' if proto['clip'] else 'off'}, "
+                 f"{proto['dtype']}, {proto['device']}"),
+        box=box.SIMPLE_HEAVY,
+    )
+    table.add_column("input")
+    table.add_column("mIoU", justify="right")
+    table.add_column("drop", justify="right")
+    table.add_column("pixel acc", justify="right")
+    table.add_column("classes", justify="right")
+    clean = first.miou()
+    for r in records:
+        m = r.miou()
+        drop = None if r is first or m is None or clean is None else clean - m
+        metrics = r.subsets["all"]["metrics"]
+        table.add_row(r.perturbation["name"], _fmt(m), _fmt(drop), _fmt(metrics.get("pixel_acc")),
+                      str(metrics.get("classes_counted")))
+    return table
+
+
+def subset_order(names) -> list[str]:
+    """"all", then the paper's subsets in SUBSET_NAMES order, then any other (e.g. "ooc")."""
+    from ..data.subsets import SUBSET_NAMES
+
+    rank = {name: k for k, name in enumerate(("all", *SUBSET_NAMES))}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def subsets_table(records) -> Table:
+    """mIoU per subset; for person-<c> / only-<c> the IoU of class c, as the paper's Table 3 reports."""
+    from ..constants import VOC_CLASSES
+    from ..data.subsets import SUBSET_NAMES, subset_class
+
+    table = Table(title="per subset (n = images)", box=box.SIMPLE_HEAVY)
+    table.add_column("subset")
+    table.add_column("n", justify="right")
+    table.add_column("metric")
+    for r in records:
+        table.add_column(r.perturbation["name"], justify="right")
+    for name in subset_order(records[0].subsets):
+        cls = subset_class(name) if name in SUBSET_NAMES else None
+        if cls is None:
+            values = [r.miou(name) for r in records]
+        else:
+            values = [r.subsets[name]["metrics"]["iou"].get(VOC_CLASSES[cls]) for r in records]
+        table.add_row(name, str(records[0].subsets[name]["n_images"]), "mIoU" if cls is None else f"IoU {VOC_CLASSES[cls]}",
+                      *(_fmt(v) for v in values))
+    return table

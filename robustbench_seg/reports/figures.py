@@ -1,0 +1,338 @@
+"""The paper's figures, as PNG and PDF (matplotlib, Agg backend).
+
+- Figure 4: mIoU vs co-occurrence threshold, one line per method (from results alone);
+- a robustness bar chart of Table 4 (from results alone);
+- Figures 3, 5, 6 (qualitative grids: image, ground truth, each method's prediction, VOC palette)
+  and Figure 2 (confidence maps of a binding model's dominant, phantom and binding outputs, jet
+  colormap): these run the models on a few images chosen deterministically from the data.
+
+Every function returns a :class:`FigureResult` that says which files it wrote, what inputs were
+missing, or why it was skipped; nothing here raises for a missing input.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from ..constants import NUM_CLASSES, VOC_CLASSES, VOC_PALETTE  # noqa: E402
+from ..data import voc  # noqa: E402
+from ..errors import RbsegError  # noqa: E402
+from ..io import atomic_write_bytes  # noqa: E402
+from . import spec  # noqa: E402
+from .inputs import ResultIndex, group_missing  # noqa: E402
+
+FORMATS = ("png", "pdf")
+DPI = 150
+PALETTE = np.array(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
+# Figure 2's blended input: I_fb = d * I1 + (1 - d) * I2 with this d (the middle of U[0.7, 1]).
+FIGURE2_DELTA = 0.8
+
+
+@dataclass
+class FigureResult:
+    key: str
+    title: str
+    files: dict[str, Path] = field(default_factory=dict)  # format -> path
+    missing: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    caption: str = ""
+    data: dict = field(default_factory=dict)  # the plotted numbers (series name -> values), when from results
+
+    @property
+    def written(self) -> bool:
+        return bool(self.files)
+
+
+def save_figure(fig, out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """``out_dir/stem.png`` and ``.pdf``, atomically, without timestamps (same input, same bytes)."""
+    out = {}
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
+        out[fmt] = atomic_write_bytes(Path(out_dir) / f"{stem}.{fmt}", buf.getvalue())
+    plt.close(fig)
+    return out
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """H x W class indices (0-20, 255 void) -> H x W x 3 uint8 in the VOC palette."""
+    return PALETTE[np.asarray(mask, dtype=np.uint8)]
+
+
+def _label(model: str) -> str:
+    return spec.METHOD_LABELS.get(model, model)
+
+
+# --- from results alone ---------------------------------------------------------------------------
+
+def figure4(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] = spec.MAIN_METHODS) -> FigureResult:
+    """mIoU on the ``cooc<T>`` subsets (T = 50 .. 10), one line per method."""
+    result = FigureResult("figure4", spec.FIGURE_TITLES["figure4"], caption=(
+        "Each point: mIoU on the val images that hold at least two foreground classes, every pair of which "
+        "co-occurs in fewer than T images (co-occurrence counted over the co-occurrence splits, default "
+        "train_aug + val). n = number of images per threshold. No perturbation."))
+    thresholds = list(spec.FIGURE4_SUBSETS)
+    subsets = [spec.FIGURE4_SUBSETS[t] for t in thresholds]
+    reasons, lines = [], {}
+    for model in methods:
+        cells = [index.miou(model, "clean", split, s) for s in subsets]
+        reasons += [c.missing for c in cells if c.missing]
+        if any(c.ok for c in cells):
+            lines[model] = [c.value if c.ok else math.nan for c in cells]
+    result.missing = group_missing(reasons)
+    result.data = lines
+    if not lines:
+        result.skipped = "no cooc<T> subset results: " + "; ".join(result.missing)
+        return result
+    counts = [index.n_images(s, split, methods)[0] for s in subsets]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    x = np.arange(len(thresholds))
+    for model, ys in lines.items():
+        ax.plot(x, ys, marker="o", linewidth=1.8, label=_label(model))
+    ax.set_xticks(x, [f"{t}\n(n={'?' if n is None else n})" for t, n in zip(thresholds, counts)])
+    ax.set_xlabel("co-occurrence threshold T")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("mIoU vs co-occurrence threshold", fontsize=10)
+    result.files = save_figure(fig, out_dir, "figure4_cooccurrence")
+    return result
+
+
+def robustness_chart(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] = spec.MAIN_METHODS) -> FigureResult:
+    """Table 4 as grouped bars: one group per method, one bar per input (clean + 5 perturbations)."""
+    result = FigureResult("robustness", spec.FIGURE_TITLES["robustness"], caption="The numbers of Table 4.")
+    perts = list(spec.TABLE4_COLUMNS)
+    values, reasons = {}, []
+    for model in methods:
+        cells = [index.miou(model, p, split) for p in perts]
+        reasons += [c.missing for c in cells if c.missing]
+        if any(c.ok for c in cells):
+            values[model] = [c.value if c.ok else 0.0 for c in cells]
+    result.missing = group_missing(reasons)
+    result.data = values
+    if not values:
+        result.skipped = "no results for Table 4: " + "; ".join(result.missing)
+        return result
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    width = 0.8 / len(perts)
+    x = np.arange(len(values))
+    for k, pert in enumerate(perts):
+        group, label = spec.TABLE4_COLUMNS[pert]
+        ax.bar(x + (k - (len(perts) - 1) / 2) * width, [v[k] for v in values.values()], width,
+               label=" ".join(p for p in (group, label) if p))
+    ax.set_xticks(x, [_label(m) for m in values], fontsize=8)
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(perts), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    result.files = save_figure(fig, out_dir, "robustness")
+    return result
+
+
+# --- image selection (deterministic) --------------------------------------------------------------
+
+def complex_scene_ids(root: Path, split: str, k: int) -> list[str]:
+    """The k images with the most distinct foreground classes (ties: split order)."""
+    from ..data.stats import class_sets, foreground
+
+    sets = class_sets(root, split)
+    order = {image_id: n for n, image_id in enumerate(sets)}
+    ranked = sorted(sets, key=lambda i: (-len(foreground(sets[i])), order[i]))
+    return ranked[:k]
+
+
+def occluded_ids(root: Path, split: str, k: int) -> list[str]:
+    """The k images with at least two objects whose objects are most occluded (fraction of occluded
+    objects, then their number; ties: split order). Needs the Annotations XML."""
+    scored = []
+    for n, image_id in enumerate(voc.read_split(root, split)):
+        path = voc.annotation_path(root, image_id)
+        if not path.is_file():
+            raise RbsegError("no Annotations XML (the occlusion flags Figure 6 selects by)", path)
+        objects = voc.read_annotation(path)
+        if len(objects) >= 2:
+            occ = sum(o.occluded for o in objects)
+            scored.append((-occ / len(objects), -occ, n, image_id))
+    return [s[-1] for s in sorted(scored)[:k]]
+
+
+def spread_ids(root: Path, split: str, k: int) -> list[str]:
+    """k images spread evenly over the split list (first, ..., evenly spaced)."""
+    ids = voc.read_split(root, split)
+    if len(ids) <= k:
+        return list(ids)
+    return [ids[(j * len(ids)) // k] for j in range(k)]
+
+
+# --- running models ---------------------------------------------------------------------------------
+
+def _input(image: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+
+
+def predict(model, image: np.ndarray, device="cpu") -> np.ndarray:
+    """H x W predicted labels for an H x W x 3 uint8 image (the evaluation engine's model call)."""
+    import torch
+
+    from ..evaluation.engine import predict_labels
+
+    with torch.no_grad():
+        return predict_labels(model, _input(image).to(device))[0].cpu().numpy().astype(np.uint8)
+
+
+def branch_confidences(model, image: np.ndarray, device="cpu") -> dict[str, np.ndarray]:
+    """Max softmax probability (H x W, 0-1) of each output of a binding model: ``dominant`` (S_t),
+    ``phantom`` (S_p), ``binding`` (S_fb, absent without FBH) and ``out``; plus ``pred`` (argmax of out)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.transforms import normalize
+
+    x = _input(image).to(device)
+    with torch.no_grad():
+        out = model(normalize(x))
+    if not isinstance(out, dict) or "dominant" not in out or "phantom" not in out:
+        raise RbsegError("the model has no dominant/phantom outputs (not a feature-binding network)")
+    maps = {}
+    for key in ("dominant", "phantom", "binding", "out"):
+        if key in out:
+            logits = out[key].float()
+            if logits.shape[-2:] != x.shape[-2:]:
+                logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            maps[key] = F.softmax(logits, dim=1).amax(dim=1)[0].cpu().numpy()
+            if key == "out":
+                maps["pred"] = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+    return maps
+
+
+def blend_images(image1: np.ndarray, image2: np.ndarray, delta: float) -> np.ndarray:
+    """Eq. 1 of the paper on uint8 images: I_fb = delta * I1 + (1 - delta) * I2 (float, 0-255)."""
+    if image1.shape != image2.shape:
+        raise ValueError(f"images differ in shape: {image1.shape} vs {image2.shape}")
+    return delta * image1.astype(np.float64) + (1.0 - delta) * image2.astype(np.float64)
+
+
+def _resize_like(image: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    h, w = shape
+    img = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    msk = np.array(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    return img, msk
+
+
+def _load(root: Path, split: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    image = voc.read_image(voc.image_path(root, image_id))
+    mask = voc.read_mask(voc.mask_path(root, image_id, split))
+    return image, mask
+
+
+def _off(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _legend(fig, masks: Sequence[np.ndarray]) -> None:
+    present = sorted({int(v) for m in masks for v in np.unique(m) if int(v) < NUM_CLASSES})
+    handles = [Patch(color=PALETTE[c] / 255.0, label=VOC_CLASSES[c]) for c in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
+
+
+def qualitative_grid(
+    models: Mapping[str, object], root: Path, split: str, ids: Sequence[str], out_dir: str | Path, stem: str,
+    device="cpu",
+) -> dict[str, Path]:
+    """Rows = images; columns = image, ground truth, then each model's prediction (VOC palette)."""
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(len(ids), cols, figsize=(1.7 * cols, 1.7 * len(ids) + 0.5), squeeze=False)
+    masks = []
+    for r, image_id in enumerate(ids):
+        image, gt = _load(root, split, image_id)
+        panels = [("Image", image), ("Ground truth", colorize(gt))]
+        masks.append(gt)
+        for name, model in models.items():
+            pred = predict(model, image, device)
+            masks.append(pred)
+            panels.append((_label(name), colorize(pred)))
+        for c, (title, panel) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            _off(ax)
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+        axes[r][0].set_ylabel(image_id, fontsize=6)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _legend(fig, masks)
+    return save_figure(fig, out_dir, stem)
+
+
+def confidence_figure(
+    model, root: Path, split: str, image_ids: Sequence[str], out_dir: str | Path, stem: str = "figure2_confidence",
+    device="cpu", delta: float = FIGURE2_DELTA,
+) -> dict[str, Path]:
+    """Figure 2 style, jet colormap of the max softmax of S_t, S_p and S_fb.
+
+    Row 1: a standard image (what the denoised network sees at test time). Row 2: the blend (Eq. 1) of
+    the first image (dominant, weight ``delta``) and the second one (phantom, resized to the first's
+    size), as in stage-1 training: S_t should follow the dominant image, S_p the phantom one.
+    """
+    first, second = image_ids[0], image_ids[1] if len(image_ids) > 1 else None
+    image1, gt1 = _load(root, split, first)
+    rows = [(f"{first}", image1, gt1, None)]
+    if second is not None:
+        image2, gt2 = _load(root, split, second)
+        image2, gt2 = _resize_like(image2, gt2, image1.shape[:2])
+        blended = np.clip(np.rint(blend_images(image1, image2, delta)), 0, 255).astype(np.uint8)
+        rows.append((f"{delta:g}*{first} + {1 - delta:g}*{second}", blended, gt1, gt2))
+    titles = ["Input", "GT (dominant)", "GT (phantom)", "conf. S_t (dominant)", "conf. S_p (phantom)",
+              "conf. S_fb (binding)", "prediction"]
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.75 * len(titles), 1.8 * len(rows) + 0.6), squeeze=False)
+    im = None
+    masks = []
+    for r, (label, image, g1, g2) in enumerate(rows):
+        maps = branch_confidences(model, image, device)
+        masks += [g1, maps["pred"]] + ([g2] if g2 is not None else [])
+        panels = [image, colorize(g1), None if g2 is None else colorize(g2)]
+        for c in range(len(titles)):
+            ax = axes[r][c]
+            _off(ax)
+            if r == 0:
+                ax.set_title(titles[c], fontsize=7)
+            if c < 3:
+                if panels[c] is not None:
+                    ax.imshow(panels[c], interpolation="nearest")
+                else:  # a standard input has no phantom: a blank panel of the same size
+                    ax.imshow(np.full(image.shape, 255, dtype=np.uint8))
+                    ax.text(0.5, 0.5, "none (standard input)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            elif c < 6:
+                key = ("dominant", "phantom", "binding")[c - 3]
+                if key in maps:
+                    im = ax.imshow(maps[key], cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
+                else:
+                    ax.text(0.5, 0.5, "no FBH", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            else:
+                ax.imshow(colorize(maps["pred"]), interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=6)
+    fig.tight_layout(rect=(0, 0.06, 0.93, 1))
+    if im is not None:
+        cax = fig.add_axes((0.94, 0.2, 0.012, 0.65))
+        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
+    _legend(fig, masks)
+    return save_figure(fig, out_dir, stem)

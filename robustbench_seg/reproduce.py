@@ -1,0 +1,411 @@
+"""``reproduce``: the whole pipeline of the paper, from data to report, in one resumable call.
+
+    data -> train the ten zoo models -> export them (OUT/models) -> train the two surrogates ->
+    craft the five perturbations (OUT/perturbations) -> evaluate every model clean and under each
+    perturbation on val (every subset), and the baseline/binding on ooc when the data has it
+    (OUT/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
+
+Layout of OUT: ``data/VOC2012`` (SynthVOC, when no data root is given), ``work/`` (training runs,
+surrogates, ``state.json``), ``models/``, ``perturbations/``, ``results/``, ``reports/``. With
+``out="."`` in a checkout, ``models/``, ``perturbations/`` and ``reports/`` are exactly what the
+suite ships.
+
+Every step records its outputs and time in ``work/state.json`` once done; ``resume=True`` skips
+the steps recorded there whose outputs still exist (the heavy components also resume inside a
+step: training from its last epoch checkpoint, evaluation from its results cache). The heavy
+components are injected (:class:`Components`), so the planning and skip logic are testable with
+fast fakes; :func:`default_components` wires in the real ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import RbsegError
+from .io import atomic_write_json, read_json
+
+STATE_SCHEMA = "rbseg-reproduce-state/1"
+STAGES = ("data", "train", "export", "surrogate", "craft", "evaluate", "report", "expected")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    synth: str | None  # SynthVOC preset generated when no data root is given (None: a data root is required)
+    train: str  # training / surrogate / crafting preset passed to the components
+    needs_gpu: bool
+    description: str
+    seed: int = 0
+    train_options: dict = field(default_factory=dict)  # overrides of the training preset (keyword arguments)
+    surrogate_options: dict = field(default_factory=dict)  # overrides of the surrogate preset
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("tiny", "tiny", "tiny", False,
+               "SynthVOC tiny, small CPU models: what the suite ships; under 20 minutes on 2 CPU cores"),
+        Preset("paper", None, "paper", True,
+               "real PASCAL VOC 2012 (--data ROOT with train_aug), DeepLabv3-ResNet-101, 30 epochs: needs a GPU"),
+        Preset("micro", "micro", "tiny", False, "SynthVOC micro, minimal budgets: a smoke test of the pipeline",
+               train_options={"steps": 4, "stage2_steps": 2, "batch_size": 4},
+               surrogate_options={"epochs": 1}),
+    )
+}
+
+
+@dataclass
+class Components:
+    """The heavy work, injected. Signatures follow docs/ARCHITECTURE.md."""
+
+    generate: Callable[..., Path]  # (out, preset, seed) -> VOC2012 root
+    train: Callable[..., Path]  # (name, data_root, out, preset, device, **options) -> checkpoint
+    export: Callable[..., Path]  # (name, ckpt, models_dir) -> exported checkpoint
+    train_surrogate: Callable[..., Path]  # (arch, data_root, out, preset, device, **options) -> checkpoint
+    craft: Callable[..., Any]  # (name, data_root, source_model, surrogate_ckpts, out_dir, device, preset) -> Perturbation
+    evaluate: Callable[..., list[Path]]  # (model_spec, data_root, split, perturbations, out, device, model_name) -> result files
+    report: Callable[..., Any]  # (results_dir, out_dir, data_root, models_dir, device) -> summary
+    write_expected: Callable[..., Path]  # (results_dir, path) -> path
+    model_names: Sequence[str]  # the zoo, in training order
+    perturbation_names: Sequence[str]  # the shipped perturbations (Table 4)
+    surrogate_archs: Sequence[str]  # the black-box UAP surrogates
+    gduap_source: str = "baseline"  # the zoo model GD-UAP is crafted on
+    ooc_models: Sequence[str] = ("baseline", "binding")
+
+
+@dataclass
+class Step:
+    stage: str
+    name: str
+    run: Callable[[dict], dict]  # (outputs of earlier steps) -> this step's outputs (JSON-able)
+    check: Callable[[dict], bool] = lambda outputs: True  # are a recorded step's outputs still there?
+    deps: tuple[str, ...] = ()  # step ids whose re-run makes this step run again
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}/{self.name}" if self.name else self.stage
+
+
+@dataclass
+class StepResult:
+    id: str
+    stage: str
+    status: str  # "ran" | "skipped"
+    seconds: float
+    outputs: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReproduceSummary:
+    out: Path
+    preset: str
+    data_root: str
+    steps: list[StepResult]
+    seconds: float
+
+    def stage_rows(self) -> list[dict]:
+        rows = []
+        for stage in STAGES:
+            steps = [s for s in self.steps if s.stage == stage]
+            if steps:
+                rows.append({"stage": stage, "ran": sum(s.status == "ran" for s in steps),
+                             "skipped": sum(s.status == "skipped" for s in steps),
+                             "seconds": round(sum(s.seconds for s in steps if s.status == "ran"), 1)})
+        return rows
+
+    def to_json(self) -> dict:
+        return {
+            "out": str(self.out), "preset": self.preset, "data_root": self.data_root,
+            "seconds": round(self.seconds, 1), "stages": self.stage_rows(),
+            "steps": [{"id": s.id, "status": s.status, "seconds": round(s.seconds, 2), "outputs": s.outputs} for s in self.steps],
+        }
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, under OUT."""
+
+    out: Path
+    data: Path  # generated SynthVOC (data/VOC2012)
+    work: Path  # training runs, surrogates, state.json
+    models: Path
+    perturbations: Path
+    results: Path
+    reports: Path
+
+    @classmethod
+    def under(cls, out: Path) -> "Layout":
+        return cls(out, out / "data", out / "work", out / "models", out / "perturbations", out / "results", out / "reports")
+
+    @property
+    def state(self) -> Path:
+        return self.work / "state.json"
+
+    @property
+    def expected(self) -> Path:
+        return self.reports / "expected.json"
+
+
+def _exists(*keys: str) -> Callable[[dict], bool]:
+    """A check that the paths recorded under ``keys`` in a step's outputs still exist."""
+    return lambda outputs: all(k in outputs and Path(outputs[k]).exists() for k in keys)
+
+
+def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | None, device: str) -> list[Step]:
+    """The ordered steps of the pipeline. Each step reads earlier outputs from the dict it is given."""
+    steps: list[Step] = []
+    if data_root is None:
+        def make_data(_: dict) -> dict:
+            return {"root": str(comp.generate(layout.data, preset.synth, preset.seed))}
+        steps.append(Step("data", f"synthvoc-{preset.synth}-seed{preset.seed}", make_data, _exists("root")))
+    else:
+        steps.append(Step("data", "given", lambda _: {"root": str(data_root)}, _exists("root")))
+    data_id = steps[0].id
+    d = (data_id,)
+
+    def root_of(done: dict) -> Path:
+        return Path(done[data_id]["root"])
+
+    for name in comp.model_names:
+        def train(done: dict, name=name) -> dict:
+            out = layout.work / "train" / name
+            return {"checkpoint": str(comp.train(name, root_of(done), out, preset.train, device, **preset.train_options))}
+        steps.append(Step("train", name, train, _exists("checkpoint"), d))
+    for name in comp.model_names:
+        def export(done: dict, name=name) -> dict:
+            return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), layout.models))}
+        steps.append(Step("export", name, export, _exists("checkpoint"), (f"train/{name}",)))
+    for arch in comp.surrogate_archs:
+        def surrogate(done: dict, arch=arch) -> dict:
+            out = layout.work / "surrogates" / arch
+            ckpt = comp.train_surrogate(arch, root_of(done), out, preset.train, device, **preset.surrogate_options)
+            return {"checkpoint": str(ckpt)}
+        steps.append(Step("surrogate", arch, surrogate, _exists("checkpoint"), d))
+    for name in comp.perturbation_names:
+        def craft(done: dict, name=name) -> dict:
+            surrogates = {a: Path(done[f"surrogate/{a}"]["checkpoint"]) for a in comp.surrogate_archs}
+            source = Path(done[f"export/{comp.gduap_source}"]["checkpoint"])
+            comp.craft(name, root_of(done), source, surrogates, layout.perturbations, device, preset.train)
+            path = layout.perturbations / f"{name}.npy"
+            if not path.is_file():
+                raise RbsegError(f"crafting '{name}' wrote no perturbation file", path)
+            return {"perturbation": str(path)}
+        deps = (*d, f"export/{comp.gduap_source}", *(f"surrogate/{a}" for a in comp.surrogate_archs))
+        steps.append(Step("craft", name, craft, _exists("perturbation"), deps))
+
+    def perturbation_files(done: dict) -> list[str]:
+        return [done[f"craft/{p}"]["perturbation"] for p in comp.perturbation_names]
+
+    for name in comp.model_names:
+        for split in ("val", "ooc"):
+            if split == "ooc" and name not in comp.ooc_models:
+                continue
+
+            def evaluate(done: dict, name=name, split=split) -> dict:
+                root = root_of(done)
+                if split == "ooc" and not (root / "ImageSets" / "Segmentation" / "ooc.txt").is_file():
+                    return {"skipped": "the dataset has no ooc split"}
+                files = comp.evaluate(
+                    Path(done[f"export/{name}"]["checkpoint"]), root, split,
+                    perturbation_files(done) if split == "val" else [], layout.results, device, name,
+                )
+                return {"results": [str(f) for f in files], "miou": {Path(f).stem: _miou(f) for f in files}}
+            deps = (*d, f"export/{name}", *(f"craft/{p}" for p in comp.perturbation_names if split == "val"))
+            steps.append(Step("evaluate", f"{name}/{split}", evaluate,
+                              lambda o: "skipped" in o or all(Path(f).is_file() for f in o.get("results", [])), deps))
+
+    def report(done: dict) -> dict:
+        comp.report(layout.results, layout.reports, root_of(done), layout.models, device)
+        return {"index": str(layout.reports / "index.html"), "results_fingerprint": results_fingerprint(layout.results)}
+    steps.append(Step("report", "", report,
+                      lambda o: _exists("index")(o) and o.get("results_fingerprint") == results_fingerprint(layout.results)))
+
+    def expected(done: dict) -> dict:
+        return {"expected": str(comp.write_expected(layout.results, layout.expected)),
+                "results_fingerprint": results_fingerprint(layout.results)}
+    steps.append(Step("expected", "", expected,
+                      lambda o: _exists("expected")(o) and o.get("results_fingerprint") == results_fingerprint(layout.results)))
+    return steps
+
+
+def _miou(result_file: str | Path) -> float | None:
+    """The full-split mIoU of a stored result (for the step's record and the summary)."""
+    try:
+        return read_json(result_file)["subsets"]["all"]["metrics"].get("miou")
+    except (RbsegError, KeyError, TypeError):
+        return None
+
+
+def results_fingerprint(results_dir: Path) -> str:
+    """Changes whenever a result file is added, removed or rewritten."""
+    h = hashlib.sha256()
+    if results_dir.is_dir():
+        for p in sorted(results_dir.rglob("*.json")):
+            st = p.stat()
+            h.update(f"{p.relative_to(results_dir)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+def _read_state(layout: Layout) -> dict | None:
+    if not layout.state.is_file():
+        return None
+    state = read_json(layout.state)
+    if not isinstance(state, dict) or state.get("schema") != STATE_SCHEMA:
+        raise RbsegError(f"not an {STATE_SCHEMA} file (remove it to start over)", layout.state)
+    return state
+
+
+def reproduce(
+    preset: str = "tiny",
+    data_root: str | Path | None = None,
+    out: str | Path = "reproduce",
+    device: str = "auto",
+    resume: bool = False,
+    components: Components | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ReproduceSummary:
+    """Run (or resume) the whole pipeline into ``out``; see the module docstring for the stages."""
+    say = log or (lambda msg: None)
+    if preset not in PRESETS:
+        raise RbsegError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    if p.synth is None and data_root is None:
+        raise RbsegError(f"the '{preset}' preset needs --data ROOT: a PASCAL VOC 2012 tree (VOC2012/ with "
+                         "SegmentationClassAug and ImageSets/Segmentation/train_aug.txt)")
+    if p.needs_gpu:
+        _require_gpu(preset, device)
+    root = None
+    if data_root is not None:
+        from .data.voc import resolve_root
+
+        root = resolve_root(data_root)
+    layout = Layout.under(Path(out).expanduser())
+    state = _read_state(layout)
+    config = {"preset": preset, "data_root": None if root is None else str(root.resolve())}
+    if state is not None:
+        if not resume:
+            raise RbsegError("holds a previous reproduce run; pass --resume to continue it, or choose another --out",
+                             layout.state)
+        if state.get("config") != config:
+            raise RbsegError(f"holds a run with {state.get('config')}, not {config}; choose another --out", layout.state)
+    else:
+        state = {"schema": STATE_SCHEMA, "config": config, "package_version": __version__, "steps": {}}
+    comp = components or default_components(log)
+    steps = plan(p, layout, comp, root, device)
+
+    t0 = time.perf_counter()
+    done: dict[str, dict] = {}
+    results: list[StepResult] = []
+    ran: set[str] = set()
+    skipped: list[str] = []  # consecutive skipped steps, reported as one line per stage
+
+    def flush() -> None:
+        for stage in dict.fromkeys(s.split("/")[0] for s in skipped):
+            n = sum(s.split("/")[0] == stage for s in skipped)
+            say(f"{stage}: {n} step(s) done already (skipped)")
+        skipped.clear()
+
+    for k, step in enumerate(steps, 1):
+        prefix = f"[{k}/{len(steps)}] {step.id}"
+        recorded = state["steps"].get(step.id)
+        stale = any(dep in ran for dep in step.deps)
+        if recorded is not None and not stale and step.check(recorded["outputs"]):
+            done[step.id] = recorded["outputs"]
+            results.append(StepResult(step.id, step.stage, "skipped", recorded.get("seconds", 0.0), recorded["outputs"]))
+            skipped.append(step.id)
+            continue
+        flush()
+        say(f"{prefix} ...")
+        start = time.perf_counter()
+        outputs = step.run(done)
+        seconds = time.perf_counter() - start
+        done[step.id] = outputs
+        state["steps"][step.id] = {"outputs": outputs, "seconds": round(seconds, 2)}
+        atomic_write_json(layout.state, state)
+        ran.add(step.id)
+        results.append(StepResult(step.id, step.stage, "ran", seconds, outputs))
+        say(f"{prefix}: done in {seconds:.1f} s")
+    flush()
+    return ReproduceSummary(layout.out, preset, done[steps[0].id]["root"], results, time.perf_counter() - t0)
+
+
+def _require_gpu(preset: str, device: str) -> None:
+    if device not in (None, "auto"):
+        return  # an explicit device is the user's choice
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RbsegError(f"the '{preset}' preset trains DeepLabv3-ResNet-101 on VOC and needs a GPU (none found); "
+                         "pass --device cpu to run it on the CPU anyway (weeks)")
+
+
+# --- the real components -----------------------------------------------------------------------------
+
+_EVENT_FIELDS = ("epoch", "pass", "iteration", "loss", "train_acc", "fooling_rate", "best", "saturation", "elapsed_s")
+
+
+def _events(label: str, log: Callable[[str], None] | None) -> Callable[[dict], None] | None:
+    """A crafting / surrogate-training callback that logs the coarse events (epochs, passes,
+    validations), not every step."""
+    if log is None:
+        return None
+
+    def callback(ev: dict) -> None:
+        if ev.get("event") not in ("epoch", "pass", "val", "halve"):
+            return
+        parts = [f"{k} {ev[k]:.3f}" if isinstance(ev[k], float) else f"{k} {ev[k]}" for k in _EVENT_FIELDS if k in ev]
+        log(f"  {label} {ev['event']}: " + ", ".join(parts))
+    return callback
+
+
+def default_components(log: Callable[[str], None] | None = None) -> Components:
+    """The suite's own data generator, trainer, zoo export, attacks, evaluation engine and report."""
+    from .attacks import recipes, surrogate
+    from .data import synth
+    from .evaluation import engine, results
+    from .models import zoo
+    from .reports import build_report
+    from . import training
+
+    def generate(out: Path, preset: str, seed: int) -> Path:
+        return synth.generate(out, preset=preset, seed=seed, progress=log is not None, overwrite=True)  # its bar is on stdout
+
+    def train(name: str, data_root: Path, out: Path, preset: str, device: str, **options) -> Path:
+        return training.train_recipe(name, data_root, out, preset=preset, device=device, **options)
+
+    def export(name: str, ckpt: Path, models_dir: Path) -> Path:
+        # records the exported (fp16-stored) weights' val mIoU in zoo.json
+        return training.export_to_zoo(name, ckpt, models_dir)
+
+    def train_surrogate(arch: str, data_root: Path, out: Path, preset: str, device: str, **options) -> Path:
+        return surrogate.train_surrogate(arch, data_root, out, preset=preset, device=device, resume=True,
+                                         callback=_events(arch, log), **options)
+
+    def craft(name, data_root, source_model, surrogate_ckpts, out_dir, device, preset):
+        return recipes.craft_shipped(name, data_root, source_model, surrogate_ckpts, out_dir, device, preset=preset,
+                                     callback=_events(name, log))
+
+    def evaluate(model_spec, data_root, split, perturbations, out, device, model_name):
+        records = engine.evaluate(model_spec, data_root=data_root, split=split, perturbations=perturbations or "none",
+                                  subsets="all", device=device, out=out, model_name=model_name)
+        return [results.record_path(out, r) for r in records]
+
+    def report(results_dir, out_dir, data_root, models_dir, device):
+        return build_report(results_dir, out_dir, data_root=data_root, models_dir=models_dir,
+                            device="cpu" if device == "auto" else device)
+
+    return Components(
+        generate=generate, train=train, export=export, train_surrogate=train_surrogate, craft=craft,
+        evaluate=evaluate, report=report, write_expected=results.write_expected,
+        model_names=tuple(zoo.ZOO_NAMES), perturbation_names=tuple(recipes.SHIPPED),
+        surrogate_archs=tuple(surrogate.SURROGATE_ARCHS),
+    )

@@ -51,6 +51,22 @@ class _RandomScale(v2.Transform):
 
 def normalize(x255: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) float pixels in 0-255 -> ImageNet-normalised model input."""
-    mean = torch.tensor(MEAN_255, device=x255.device, dtype=x255.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD_255, device=x255.device, dtype=x255.dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(x255.device, x255.dtype)
     return (x255 - mean) / std
+
+
+_MEAN_STD: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, 3, 1, 1) mean and std, made once per (device, dtype): building them from Python
+    lists on every call is a blocking host-to-device copy on CUDA (a host sync per batch). Made
+    outside inference mode, so autograd may save them (attacks differentiate through normalize)."""
+    key = (device, dtype)
+    if key not in _MEAN_STD:
+        with torch.inference_mode(False):
+            _MEAN_STD[key] = (
+                torch.tensor(MEAN_255, dtype=dtype).view(1, 3, 1, 1).to(device),
+                torch.tensor(STD_255, dtype=dtype).view(1, 3, 1, 1).to(device),
+            )
+    return _MEAN_STD[key]

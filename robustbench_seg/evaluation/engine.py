@@ -76,6 +76,13 @@ def default_num_workers(device: torch.device) -> int:
     return 0 if cpus <= 4 else 2
 
 
+def default_channels_last(device: torch.device) -> bool:
+    """channels_last (NHWC) model and inputs: on for CUDA (tensor cores) and for CPU too, where
+    oneDNN's NHWC convolutions were measured faster for batches of several inputs (the engine's
+    P inputs x B images) and no slower at batch 1 (docs/performance.md)."""
+    return device.type in ("cuda", "cpu")
+
+
 # --- data: sizes from JPEG headers, size-grouped batches, a decoding dataset ---------------------
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -225,7 +232,7 @@ def run_pass(
     ``checkpoint_every_s`` seconds and when the pass is interrupted by an exception. The inputs of a
     batch (P deltas x B images of one size) are stacked and sent to the model in chunks of at most
     ``forward_batch`` images (default ``batch_size``), so a batch of one image still runs its P
-    inputs together.
+    inputs together. ``channels_last`` converts the model (in place) and every input to NHWC.
     """
     fit = FitMode(fit)
     forward_batch = forward_batch or batch_size
@@ -238,8 +245,11 @@ def run_pass(
         state = PassState(torch.zeros(n_p, n_s, NUM_CLASSES, NUM_CLASSES, dtype=torch.long))
     state = PassState(state.cms.to(device), state.batches_done)
     member = membership.to(device=device, dtype=torch.float64)
-    cpu_deltas = [None if d is None else torch.as_tensor(d, dtype=torch.float32) for d in deltas]
+    # the perturbations live on the device once; fitting them to a new image size copies nothing
+    dev_deltas = [None if d is None else torch.as_tensor(d, dtype=torch.float32).to(device) for d in deltas]
     fitted: dict[tuple[int, int], list[torch.Tensor | None]] = {}
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     def snapshot() -> PassState:
         return PassState(state.cms.cpu(), state.batches_done)
@@ -262,13 +272,15 @@ def run_pass(
                 if size not in fitted:
                     if len(fitted) >= FITTED_CACHE_SIZES:  # batches come grouped by size: keep the recent few
                         fitted.pop(next(iter(fitted)))
-                    fitted[size] = [None if d is None else fit_perturbation(d.to(device), *size, fit) for d in cpu_deltas]
+                    fitted[size] = [None if d is None else fit_perturbation(d, *size, fit) for d in dev_deltas]
                 # every input of this batch (clean and perturbed) as one stack of P x B images,
                 # run in forward chunks of at most `forward_batch` images (all of the same size)
                 stack = torch.cat([x if d is None else apply_perturbation(x, d, fit, clip) for d in fitted[size]])
                 pred = torch.cat([predict_labels(model, chunk, dtype) for chunk in stack.split(forward_batch)])
                 per_image = batched_confusion_matrix(pred, target.repeat(n_p, 1, 1), validate=False)
-                counts = torch.einsum("sb,pbk->psk", member[:, index.to(device)], per_image.view(n_p, len(index), -1).double())
+                # (index came pinned with the batch: no host synchronisation for it on CUDA)
+                counts = torch.einsum("sb,pbk->psk", member[:, index.to(device, non_blocking=True)],
+                                      per_image.view(n_p, len(index), -1).double())
                 # one assignment: an interruption leaves either the old or the new state, never half
                 state = PassState(state.cms + counts.round().long().view_as(state.cms), state.batches_done + 1)
                 if bar is not None:
@@ -522,12 +534,14 @@ def evaluate(
     force: bool = False,
     model_name: str | None = None,
     checkpoint_every_s: float = 60.0,
+    channels_last: bool | None = None,
 ) -> list[store.ResultRecord]:
     """Evaluate one model clean and under each perturbation, on the full split and every subset.
 
     Returns one :class:`~robustbench_seg.evaluation.results.ResultRecord` per input (clean first),
     each also written to ``out`` (see ``results.py`` for the layout). Work whose result is already
     stored under the same cache key is skipped; an interrupted pass resumes from its partial file.
+    ``channels_last`` (None: :func:`default_channels_last`) converts the model in place.
     """
     try:
         fit = FitMode(fit)
@@ -537,6 +551,7 @@ def evaluate(
         raise RbsegError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    channels_last = default_channels_last(dev) if channels_last is None else bool(channels_last)
     perts = resolve_perturbations(perturbations)
     subset_names(subsets)  # validate the names early
     model, model_rec = resolve_model(model_spec, dev, weights, model_name)  # bad input fails before any data work
@@ -556,7 +571,7 @@ def evaluate(
         "dataset": dataset_name(root), "data_root": str(root), "data_fingerprint": fingerprint, "split": split,
         "n_images": len(ids), "fit": fit.value, "clip": bool(clip), "dtype": DTYPE_NAMES[torch_dtype],
         "device": str(dev) if dev.type != "cuda" else f"cuda ({torch.cuda.get_device_name(dev)})",
-        "batch_size": int(batch_size), "channels_last": dev.type == "cuda", **_versions(), "seed": SEED,
+        "batch_size": int(batch_size), "channels_last": bool(channels_last), **_versions(), "seed": SEED,
     }
     inputs = [(None, {"name": "clean", "sha256": None, "meta": {}})] + [
         (p, {"name": p.name, "sha256": p.sha256, "meta": p.meta}) for p in perts
@@ -622,13 +637,12 @@ class _Job:
         def save_partial(s: PassState) -> None:
             atomic_torch_save(partial, {"plan": plan, "cms": s.cms, "batches_done": s.batches_done})
 
-        model = self.model.to(memory_format=torch.channels_last) if device.type == "cuda" else self.model
         torch.manual_seed(SEED)
         state = run_pass(
-            model, self.root, self.split, self.ids, [None if p is None else p.tensor() for p, _ in todo],
+            self.model, self.root, self.split, self.ids, [None if p is None else p.tensor() for p, _ in todo],
             self.membership(), fit=self.protocol["fit"], clip=self.protocol["clip"], batch_size=batch_size,
             device=device, dtype=dtype, num_workers=default_num_workers(device) if num_workers is None else num_workers,
-            channels_last=device.type == "cuda", batches=batches, state=state, checkpoint=save_partial,
+            channels_last=self.protocol["channels_last"], batches=batches, state=state, checkpoint=save_partial,
             checkpoint_every_s=checkpoint_every_s, progress=progress,
             description=f"{self.model_rec['name']}: {len(todo)} input(s) x {len(self.ids)} images",
         )

@@ -76,13 +76,19 @@ def load_perturbation(name_or_path: str | Path) -> Perturbation:
     return Perturbation(name=path.stem, array=array, meta=meta, sha256=sha256_file(path))
 
 
-def save_perturbation(path_or_name: str | Path, array: np.ndarray, meta: dict[str, Any]) -> Perturbation:
-    """Validate, then write NAME.npy and NAME.json atomically (a bare name goes to perturbations/)."""
+def resolve_output_path(path_or_name: str | Path) -> Path:
+    """Where :func:`save_perturbation` writes ``NAME.npy`` (a bare name goes to perturbations/)."""
     path = Path(path_or_name)
     if path.parent == Path(".") and not str(path_or_name).startswith("."):
         path = shipped_perturbations_dir() / path.name
     if path.suffix != ".npy":
         path = path.with_name(path.name + ".npy")
+    return path
+
+
+def save_perturbation(path_or_name: str | Path, array: np.ndarray, meta: dict[str, Any]) -> Perturbation:
+    """Validate, then write NAME.npy and NAME.json atomically (a bare name goes to perturbations/)."""
+    path = resolve_output_path(path_or_name)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise PerturbationError(f"metadata lacks {missing}", path)

@@ -1,0 +1,115 @@
+"""``load_model(spec)``: a zoo name, an rbseg checkpoint path, or a user's ``module:function``."""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, RbsegError
+from ..io import safe_torch_load, sha256_file
+from .checkpoint import load_state, model_from_checkpoint, num_parameters, read_checkpoint, state_sha256
+from .zoo import load_zoo, zoo_checkpoint
+
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def load_model(spec: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Resolve ``spec`` and return ``(model in eval mode on device, info)``.
+
+    ``spec``: a zoo name (its sha256 is verified against ``models/zoo.json``), the path of an
+    rbseg checkpoint, or ``module:function`` (a builder returning an ``nn.Module``; ``weights``
+    then names a state dict file, or a dict holding one under ``state_dict``/``model``, loaded with
+    ``weights_only=True``). ``info`` holds name, source, arch, method, sha256, model/config/dataset
+    sections and the recorded val mIoU where known.
+    """
+    spec_s = str(spec)
+    if weights is not None and not _MODULE_SPEC.match(spec_s):
+        raise RbsegError(f"--weights only applies to a module:function model, not '{spec_s}'")
+    if spec_s in load_zoo():
+        path, entry = zoo_checkpoint(spec_s)
+        model, info = _from_checkpoint(path, sha256=entry["sha256"])
+        info.update(name=spec_s, source="zoo", val_miou=entry.get("val_miou", info.get("val_miou")))
+    elif Path(spec_s).expanduser().is_file():
+        path = Path(spec_s).expanduser()
+        model, info = _from_checkpoint(path, sha256=sha256_file(path))
+        info.update(name=path.stem, source="checkpoint")
+    elif _MODULE_SPEC.match(spec_s):
+        model, info = _from_module(spec_s, weights)
+    elif "/" in spec_s or "\\" in spec_s or Path(spec_s).suffix in (".pt", ".pth", ".ckpt"):
+        raise CheckpointError("checkpoint file not found", spec_s)
+    else:
+        from .zoo import ZOO_NAMES
+
+        raise RbsegError(
+            f"model '{spec_s}' is not a zoo name ({', '.join(ZOO_NAMES)}), an existing checkpoint file, or module:function"
+        )
+    model.eval()
+    return model.to(device), info
+
+
+def _from_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict]:
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    metrics = ckpt.get("metrics") or {}
+    training = ckpt.get("training") or {}
+    info = {
+        "path": str(path),
+        "sha256": sha256,
+        "arch": ckpt["model"].get("arch"),
+        "method": ckpt.get("method", training.get("method")),
+        "model": ckpt["model"],
+        "config": training,
+        "dataset": ckpt.get("dataset"),
+        "val_miou": metrics.get("val_miou"),
+        "kind": ckpt.get("kind"),
+        "versions": ckpt.get("versions"),
+        "num_params": num_parameters(model),
+    }
+    return model, info
+
+
+def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, dict]:
+    module_name, func_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RbsegError(f"cannot import module '{module_name}' for model '{spec}' ({exc})") from None
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise RbsegError(f"module '{module_name}' has no callable '{func_name}'")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise RbsegError(f"'{spec}' returned {type(model).__name__}, expected a torch.nn.Module")
+    sha = None
+    if weights is not None:
+        wpath = Path(weights).expanduser()
+        obj = safe_torch_load(wpath)
+        state = obj
+        if isinstance(obj, dict) and not _is_state_dict(obj):
+            state = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
+        if not isinstance(state, dict) or not _is_state_dict(state):
+            raise CheckpointError("no state dict of tensors found (expected a state_dict, or a dict with 'state_dict'/'model')", wpath)
+        load_state(model, state, wpath)
+        sha = sha256_file(wpath)
+    info = {
+        "path": None if weights is None else str(weights),
+        "sha256": sha or state_sha256(model.state_dict()),
+        "arch": spec,
+        "method": None,
+        "model": {"builder": spec},
+        "config": {},
+        "dataset": None,
+        "val_miou": None,
+        "kind": "module",
+        "name": spec,
+        "source": "module",
+        "num_params": num_parameters(model),
+    }
+    return model, info
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())

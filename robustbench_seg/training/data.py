@@ -1,0 +1,126 @@
+"""Training data: augmented samples with per-item seeds, the dataset fingerprint, class sets.
+
+Each image of a work item is augmented on its own (``data.transforms.train_transforms``) under a
+seed derived from ``(seed, stage, epoch, pos, slot)``, so an item's pixels do not depend on the
+worker, the batch it lands in, or what ran before it: a resumed run sees the same data. Blending
+happens later, on the training device (``mixing.blend``).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..constants import IGNORE_INDEX, NUM_CLASSES
+from ..data import voc
+from ..data.transforms import train_transforms
+from ..io import atomic_write_json, read_json
+from ..paths import cache_dir
+from .samplers import AUGMENT, WORKER, WorkItem, derive_seed
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """Indexed by ``(stage, epoch, WorkItem)``; returns the augmented dominant (and phantom) image."""
+
+    def __init__(self, root: str | Path, split: str, ids: Sequence[str], crop: int, scale=(0.5, 2.0), seed: int = 0):
+        self.voc = voc.VOCSegmentation(root, split, transforms=train_transforms(crop, tuple(scale)), ids=list(ids))
+        self.crop, self.seed = crop, seed
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def augmented(self, index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # CPU only: the transforms draw from it
+            image, mask, _ = self.voc[index]
+        return image, mask
+
+    def __getitem__(self, key: tuple[int, int, WorkItem]) -> dict:
+        stage, epoch, item = key
+        base = (self.seed, AUGMENT, stage, epoch, item.pos)
+        image, mask = self.augmented(item.first, derive_seed(*base, 0))
+        sample = {"image": image, "mask": mask, "delta": float(item.delta), "pos": item.pos}
+        if item.second >= 0:
+            sample["image2"], sample["mask2"] = self.augmented(item.second, derive_seed(*base, 1))
+        return sample
+
+
+def collate(samples: list[dict], paired: bool | None = None) -> dict:
+    """Stack a batch. In a paired stage (``paired=True``, or any blended item when None) every item
+    gets ``image2``/``mask2``: a standard item's phantom is a zero image with an all-void mask, and
+    its delta is 1 (M_fb mixes both kinds, and a batch may hold standard items only)."""
+    batch = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "delta": torch.tensor([s["delta"] for s in samples], dtype=torch.float32),
+        "pos": torch.tensor([s["pos"] for s in samples], dtype=torch.int64),
+    }
+    if paired or (paired is None and any("image2" in s for s in samples)):
+        ref_i, ref_m = batch["image"][0], batch["mask"][0]
+        batch["image2"] = torch.stack([s.get("image2", torch.zeros_like(ref_i)) for s in samples])
+        batch["mask2"] = torch.stack([s.get("mask2", torch.full_like(ref_m, IGNORE_INDEX)) for s in samples])
+    return batch
+
+
+def worker_init(seed: int, stage: int, epoch: int):
+    """``worker_init_fn`` seeding each loader worker's global RNGs from (seed, stage, epoch, worker id)."""
+    def init(worker_id: int) -> None:
+        import random
+
+        s = derive_seed(seed, WORKER, stage, epoch, worker_id)
+        torch.manual_seed(s)
+        np.random.seed(s % (2**32))
+        random.seed(s)
+
+    return init
+
+
+def dataset_fingerprint(root: str | Path, split: str, ids: Sequence[str]) -> str:
+    """sha256 over the split's ids (file order) and the byte sizes of their image and mask files."""
+    root = Path(root)
+    h = hashlib.sha256(f"{split}\n".encode())
+    for image_id in ids:
+        img, msk = voc.image_path(root, image_id), voc.mask_path(root, image_id, split)
+        size = lambda p: p.stat().st_size if p.is_file() else -1  # noqa: E731
+        h.update(f"{image_id}:{size(img)}:{size(msk)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def dataset_info(root: str | Path, split: str, ids: Sequence[str]) -> dict:
+    """What a checkpoint records about its training data."""
+    root = Path(root)
+    info = {"name": "VOC2012", "root": str(root), "split": split, "n_images": len(ids),
+            "fingerprint": dataset_fingerprint(root, split, ids)}
+    meta_path = root / "synthvoc.json"
+    if meta_path.is_file():
+        try:
+            meta = read_json(meta_path)
+            info["name"] = meta.get("dataset", "SynthVOC")
+            info["synthvoc"] = {k: meta[k] for k in ("preset", "seed", "generator_version") if k in meta}
+        except Exception:  # a damaged side file must not stop training; the fingerprint still identifies the data
+            info["name"] = "SynthVOC"
+    return info
+
+
+def image_classes(root: str | Path, split: str, ids: Sequence[str], fingerprint: str | None = None) -> list[list[int]]:
+    """Foreground classes present in each image's mask (cached by dataset fingerprint)."""
+    fingerprint = fingerprint or dataset_fingerprint(root, split, ids)
+    cache = cache_dir() / "class_sets" / f"{split}-{fingerprint}.json"
+    if cache.is_file():
+        try:
+            data = read_json(cache)
+            if isinstance(data, list) and len(data) == len(ids):
+                return [list(map(int, c)) for c in data]
+        except Exception:
+            pass  # recompute a damaged cache file
+    root = Path(root)
+    out = []
+    for image_id in ids:
+        mask = voc.read_mask(voc.mask_path(root, image_id, split))
+        values = np.unique(mask)
+        out.append([int(v) for v in values if 1 <= v < NUM_CLASSES])
+    atomic_write_json(cache, out)
+    return out

@@ -1,0 +1,130 @@
+"""Zoo recipes: how each shipped model is trained, and its export into ``models/``.
+
+``ZOO_RECIPES[name]`` holds the training options that differ from the preset's defaults;
+``train_recipe`` trains one (resuming an interrupted run), ``export_to_zoo`` writes the compact
+inference checkpoint (fp16 weights, no optimiser state) and its manifest entry.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from ..errors import RbsegError
+from ..io import atomic_torch_save, sha256_file
+from ..models.checkpoint import inference_checkpoint, model_from_checkpoint, num_parameters, read_checkpoint
+from ..models.zoo import ZOO_DESCRIPTIONS, ZOO_NAMES, write_zoo_entry
+from ..paths import shipped_models_dir
+from .config import TrainConfig, resolve_config
+
+ZOO_RECIPES: dict[str, dict] = {
+    "baseline": {"method": "baseline"},
+    "mixup": {"method": "mixup"},
+    "cutmix": {"method": "cutmix"},
+    "binding": {"method": "binding", "blend": "cfb"},
+    "binding-no-fbh": {"method": "binding", "blend": "cfb", "fbh": False},
+    "binding-no-denoise": {"method": "binding", "blend": "cfb", "denoise": False},
+    "binding-rfb": {"method": "binding", "blend": "rfb"},
+    "binding-cafb": {"method": "binding", "blend": "cafb"},
+    "binding-wrfb": {"method": "binding", "blend": "wrfb"},
+    "binding-mfb": {"method": "binding", "blend": "mfb"},
+}
+assert tuple(ZOO_RECIPES) == ZOO_NAMES
+
+_FLAGS = {"fbh": ("--fbh", "--no-fbh"), "denoise": ("--denoise", "--no-denoise")}
+
+
+def recipe_config(name: str, data_root: str | Path, out: str | Path, preset: str = "tiny", device: str = "auto", **overrides) -> TrainConfig:
+    if name not in ZOO_RECIPES:
+        raise RbsegError(f"no zoo recipe '{name}' (choose from {', '.join(ZOO_RECIPES)})")
+    opts = {**ZOO_RECIPES[name], **overrides}
+    return TrainConfig(data=str(data_root), out=str(out), preset=preset, device=device, **opts)
+
+
+def recipe_command(name: str, preset: str = "tiny") -> str:
+    """The equivalent ``rbseg train`` command line (ROOT and CKPT left as placeholders)."""
+    args = ["rbseg", "train"]
+    for key, value in ZOO_RECIPES[name].items():
+        if key in _FLAGS:
+            args.append(_FLAGS[key][0 if value else 1])
+        else:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    args += ["--data", "ROOT", "--out", "CKPT", "--preset", preset]
+    return shlex.join(args)
+
+
+def checkpoint_path(name: str, out: str | Path) -> Path:
+    out = Path(out)
+    return out if out.suffix == ".pt" else out / f"{name}.pt"
+
+
+def train_recipe(name: str, data_root: str | Path, out: str | Path, preset: str = "tiny", device: str = "auto",
+                 progress: bool = True, **overrides) -> Path:
+    """Train zoo entry ``name`` into ``out`` (a ``.pt`` path, or a folder that gets ``<name>.pt``);
+    an interrupted run resumes, a finished one is returned as is."""
+    from .trainer import train
+
+    ckpt = checkpoint_path(name, out)
+    cfg = recipe_config(name, data_root, ckpt, preset, device, resume=True, progress=progress, **overrides)
+    return train(cfg)
+
+
+def export_to_zoo(name: str, ckpt: str | Path, models_dir: str | Path | None = None, val_miou: float | None = None,
+                  evaluate: bool = True, device: str = "cpu") -> Path:
+    """Write ``models_dir/<name>.pt`` (fp16 inference checkpoint) and its ``zoo.json`` entry.
+
+    ``val_miou``: the figure to record; by default the exported (fp16-stored) weights are scored on
+    the training data's val split when that data is at hand, else the training run's own figure.
+    """
+    ckpt = Path(ckpt)
+    src = read_checkpoint(ckpt)
+    if src["kind"] == "training" and not (src.get("progress") or {}).get("finished"):
+        raise RbsegError("training has not finished; finish it (rbseg train ... --resume) before exporting", ckpt)
+    models_dir = Path(models_dir) if models_dir is not None else shipped_models_dir()
+    inf = inference_checkpoint(src)
+    inf["zoo_name"] = name
+    path = models_dir / f"{name}.pt"
+    atomic_torch_save(path, inf)
+    model = model_from_checkpoint(read_checkpoint(path), path)
+    training = src.get("training") or {}
+    metrics = src.get("metrics") or {}
+    dataset = src.get("dataset") or {}
+    recorded = val_miou
+    val_split = metrics.get("val_split") or training.get("val_split") or "val"
+    if recorded is None and evaluate and dataset.get("root") and Path(dataset["root"]).is_dir():
+        from ..evaluation.engine import evaluate_clean
+
+        recorded = evaluate_clean(model, dataset["root"], split=val_split, device=device).miou
+    if recorded is None:
+        recorded = metrics.get("val_miou")
+    preset = training.get("preset", "tiny")
+    entry = {
+        "name": name,
+        "description": ZOO_DESCRIPTIONS.get(name, ""),
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+        "num_params": num_parameters(model),
+        "dtype": "float16",
+        "arch": src["model"]["arch"],
+        "model": src["model"],
+        "method": src.get("method"),
+        "recipe": ZOO_RECIPES.get(name),
+        "command": recipe_command(name, preset) if name in ZOO_RECIPES else None,
+        "config": training,
+        "dataset": {k: v for k, v in dataset.items() if k != "root"},
+        "val_miou": None if recorded is None else round(float(recorded), 4),
+        "val_miou_training": metrics.get("val_miou"),
+        "val_split": val_split,
+        "train_seconds": (src.get("progress") or {}).get("seconds"),
+        "versions": src.get("versions"),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_zoo_entry(name, entry, models_dir)
+    return path
+
+
+def zoo_train_config(name: str, preset: str = "tiny") -> dict:
+    """The resolved training options of a recipe (for display), without data paths."""
+    cfg = resolve_config(recipe_config(name, "ROOT", "CKPT", preset))
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}

@@ -1,0 +1,165 @@
+"""End-to-end training on the SynthVOC micro tree: every method and blend, resume, failures, CLI."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustbench_seg.cli import main
+from robustbench_seg.errors import RbsegError
+from robustbench_seg.models import load_model, read_checkpoint
+from robustbench_seg.training import TrainConfig, TrainingError, train
+from robustbench_seg.training import methods, trainer
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FAST = dict(preset="tiny", crop=32, batch_size=4, val_split=None, progress=False, num_workers=0, checkpoint_every=None)
+
+
+def cfg(root, out, **kw) -> TrainConfig:
+    opts = {**FAST, "steps": 2, **kw}
+    return TrainConfig(data=str(root), out=str(out), **opts)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["baseline", "mixup", "cutmix", "binding"])
+def test_two_step_smoke_run_of_every_method(synth_micro_root, tmp_path, method):
+    out = train(cfg(synth_micro_root, tmp_path / "m.pt", method=method, stage2_steps=2))
+    ck = read_checkpoint(out)
+    assert ck["progress"]["finished"] and ck["method"] == method
+    assert ck["training"]["method"] == method and ck["dataset"]["fingerprint"] and ck["versions"]["rbseg"]
+    assert ck["model"]["binding"] == (method == "binding")
+    if method == "binding":
+        assert set(ck["progress"]["seconds"]) == {"stage1", "stage2"}
+    model, _ = load_model(str(out))
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 40, 48))["out"]
+    assert logits.shape == (1, 21, 40, 48) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("opts", [
+    dict(blend="cfb", pairs_per_image=2), dict(blend="rfb", pairs_per_image=2), dict(blend="cafb", pairs_per_image=2),
+    dict(blend="wrfb", pairs_per_image=2), dict(blend="mfb", pairs_per_image=2), dict(fbh=False, fbh_hidden=8),
+    dict(delta_range=(0.5, 0.6), pairs_resample="once"),
+])
+def test_two_step_smoke_run_of_every_blend(synth_micro_root, tmp_path, opts):
+    out = train(cfg(synth_micro_root, tmp_path / "b.pt", method="binding", denoise=False, **opts))
+    ck = read_checkpoint(out)
+    assert ck["progress"]["finished"] and list(ck["progress"]["seconds"]) == ["stage1"]
+    for key, value in opts.items():
+        assert ck["training"][key] == (list(value) if isinstance(value, tuple) else value)
+    assert ck["model"]["fbh"] == opts.get("fbh", True)
+
+
+def test_stage2_from_runs_only_denoising_with_the_fbh_frozen(synth_micro_root, tmp_path):
+    s1 = train(cfg(synth_micro_root, tmp_path / "s1.pt", method="binding", denoise=False, pairs_per_image=1, fbh_hidden=8))
+    s2 = train(cfg(synth_micro_root, tmp_path / "s2.pt", method="binding", stage2_from=str(s1), stage2_steps=3))
+    a, b = read_checkpoint(s1), read_checkpoint(s2)
+    assert list(b["progress"]["seconds"]) == ["stage2"] and b["source"]["stage2_from"] == str(s1)
+    assert b["model"]["fbh_hidden"] == 8  # the model comes from the stage-1 checkpoint
+    fbh = [k for k in a["state_dict"] if k.startswith("fbh.")]
+    assert fbh and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in fbh)  # frozen: no SGD, no decay
+    assert not torch.equal(a["state_dict"]["phantom.4.weight"], b["state_dict"]["phantom.4.weight"])
+
+
+def _killed_at(monkeypatch, stage: str, step: int):
+    class Killed(Exception):
+        pass
+
+    def hook(stage_name, gstep):
+        if stage_name == stage and gstep == step:
+            raise Killed
+
+    monkeypatch.setattr(trainer, "AFTER_STEP", hook)
+    return Killed
+
+
+def test_kill_and_resume_gives_bit_identical_weights(synth_micro_root, tmp_path, monkeypatch):
+    opts = dict(method="binding", pairs_per_image=1, steps=7, stage2_steps=5, checkpoint_every=2, fbh_hidden=8)
+    straight = read_checkpoint(train(cfg(synth_micro_root, tmp_path / "a.pt", **opts)))["state_dict"]
+    out = tmp_path / "b.pt"
+    with pytest.raises(_killed_at(monkeypatch, "stage1", 5)):  # killed mid stage 1 (last checkpoint: step 4)
+        train(cfg(synth_micro_root, out, **opts))
+    assert read_checkpoint(out)["progress"]["global_step"] == 4
+    with pytest.raises(_killed_at(monkeypatch, "stage2", 3)):  # resumed, then killed again mid stage 2
+        train(cfg(synth_micro_root, out, resume=True, **opts))
+    monkeypatch.setattr(trainer, "AFTER_STEP", None)
+    resumed = read_checkpoint(train(cfg(synth_micro_root, out, resume=True, **opts)))["state_dict"]
+    assert states_equal(straight, resumed)
+
+
+def test_kill_and_resume_across_an_epoch_boundary(synth_micro_root, tmp_path, monkeypatch):
+    # micro train_aug has 40 images: 10 batches of 4 per epoch; mixup draws lambdas per step
+    opts = dict(method="mixup", steps=13)
+    straight = read_checkpoint(train(cfg(synth_micro_root, tmp_path / "a.pt", **opts)))["state_dict"]
+    out = tmp_path / "b.pt"
+    with pytest.raises(_killed_at(monkeypatch, "train", 12)):
+        train(cfg(synth_micro_root, out, **opts))
+    assert read_checkpoint(out)["progress"]["epoch"] == 1  # the epoch-end checkpoint
+    monkeypatch.setattr(trainer, "AFTER_STEP", None)
+    resumed = read_checkpoint(train(cfg(synth_micro_root, out, resume=True, **opts)))["state_dict"]
+    assert states_equal(straight, resumed)
+    # a different seed gives different weights (the comparison above can fail)
+    other = read_checkpoint(train(cfg(synth_micro_root, tmp_path / "c.pt", seed=1, **opts)))["state_dict"]
+    assert not states_equal(straight, other)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_micro_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = methods.baseline_step
+
+    def poisoned(ctx, model, batch, rng):
+        calls["n"] += 1
+        loss, logs = original(ctx, model, batch, rng)
+        return (loss * float("nan") if calls["n"] >= 3 else loss), logs
+
+    monkeypatch.setattr(methods, "baseline_step", poisoned)
+    out = tmp_path / "nan.pt"
+    with pytest.raises(TrainingError, match="non-finite loss") as exc:
+        train(cfg(synth_micro_root, out, method="baseline", steps=6, checkpoint_every=2))
+    assert "last good checkpoint is kept" in str(exc.value)
+    ck = read_checkpoint(out)
+    assert ck["progress"]["global_step"] == 2 and not ck["progress"]["finished"]
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_existing_output_and_mismatched_resume_are_refused(synth_micro_root, tmp_path):
+    out = train(cfg(synth_micro_root, tmp_path / "r.pt", method="baseline"))
+    with pytest.raises(RbsegError, match="--resume"):
+        train(cfg(synth_micro_root, out, method="baseline"))
+    with pytest.raises(RbsegError, match="different configuration.*lr"):
+        train(cfg(synth_micro_root, out, method="baseline", lr=0.5, resume=True))
+    # resuming a finished run is a no-op
+    before = out.read_bytes()
+    assert train(cfg(synth_micro_root, out, method="baseline", resume=True)) == out
+    assert out.read_bytes() == before
+
+
+def test_validation_miou_is_recorded(synth_micro_root, tmp_path):
+    out = train(cfg(synth_micro_root, tmp_path / "v.pt", method="baseline", val_split="val"))
+    metrics = read_checkpoint(out)["metrics"]
+    assert metrics["val_split"] == "val" and 0.0 <= metrics["val_miou"] <= 100.0
+    assert len(metrics["val"]["iou"]) == 21
+
+
+def test_cli_train_and_bad_input(synth_micro_root, tmp_path, capsys):
+    out = tmp_path / "cli.pt"
+    rc = main(["train", "--method", "cutmix", "--data", str(synth_micro_root), "--out", str(out), "--steps", "2",
+               "--crop", "32", "--batch-size", "4", "--val-split", "none", "--alpha", "0.5", "--json"])
+    assert rc == 0 and read_checkpoint(out)["training"]["alpha"] == 0.5
+    assert '"checkpoint"' in capsys.readouterr().out
+    rc = main(["train", "--method", "baseline", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("rbseg: error:") and err.count("\n") == 1
+    rc = main(["train", "--method", "binding", "--data", str(synth_micro_root), "--out", str(tmp_path / "y.pt"),
+               "--delta-range", "0.9", "0.2"])
+    assert rc != 0 and "--delta-range" in capsys.readouterr().err

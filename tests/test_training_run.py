@@ -49,7 +49,7 @@ def test_two_step_smoke_run_of_every_method(synth_micro_root, tmp_path, method):
 @pytest.mark.parametrize("opts", [
     dict(blend="cfb", pairs_per_image=2), dict(blend="rfb", pairs_per_image=2), dict(blend="cafb", pairs_per_image=2),
     dict(blend="wrfb", pairs_per_image=2), dict(blend="mfb", pairs_per_image=2), dict(fbh=False, fbh_hidden=8),
-    dict(delta_range=(0.5, 0.6), pairs_resample="once"),
+    dict(delta_range=(0.5, 0.6), pairs_resample="once"), dict(amp=True, amp_dtype="fp16", channels_last=False),
 ])
 def test_two_step_smoke_run_of_every_blend(synth_micro_root, tmp_path, opts):
     out = train(cfg(synth_micro_root, tmp_path / "b.pt", method="binding", denoise=False, **opts))
@@ -163,3 +163,30 @@ def test_cli_train_and_bad_input(synth_micro_root, tmp_path, capsys):
     rc = main(["train", "--method", "binding", "--data", str(synth_micro_root), "--out", str(tmp_path / "y.pt"),
                "--delta-range", "0.9", "0.2"])
     assert rc != 0 and "--delta-range" in capsys.readouterr().err
+
+
+def test_torchrun_ddp_two_processes(synth_micro_root, tmp_path):
+    """DDP on CPU (gloo): both ranks train on their shards; rank 0 alone writes the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "robustbench_seg", "train", "--method", "binding", "--blend", "mfb", "--pairs-per-image", "2",
+           "--data", str(synth_micro_root), "--out", str(out), "--steps", "3", "--stage2-steps", "2", "--crop", "32",
+           "--batch-size", "3", "--device", "cpu", "--val-split", "none", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 240 s")
+    assert proc.returncode == 0, err[-2000:]
+    ck = read_checkpoint(out)
+    assert ck["progress"]["finished"] and ck["progress"]["global_step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp.pt"]  # no stray temporary files from a second writer
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())

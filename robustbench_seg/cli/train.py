@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import add_json_flag, print_json
 
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train
 
     path = train(config_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     ckpt = read_checkpoint(path)
     metrics = ckpt.get("metrics") or {}
     summary = {"checkpoint": str(path), "method": ckpt.get("method"), "model": ckpt["model"],

@@ -55,13 +55,14 @@ def run_one(args) -> dict:
         trainer.AFTER_STEP = lambda stage, step: (torch.cuda.synchronize() if device.type == "cuda" else None, times.append(time.perf_counter()))
         opts = dict(method=args.config, preset=args.preset, arch=args.arch, batch_size=args.batch_size, crop=args.crop,
                     steps=total, denoise=False, val_split=None, progress=False, device=str(device),
-                    checkpoint_every=None, checkpoint_minutes=0, num_workers=args.num_workers)
+                    checkpoint_every=None, checkpoint_minutes=0, num_workers=args.num_workers, weights_backbone="none")
         with tempfile.TemporaryDirectory() as tmp:
             train(TrainConfig(data=str(args.data), out=str(Path(tmp) / "bench.pt"), **opts))
-    timed = times[args.warmup:]
-    step_s = (timed[-1] - times[args.warmup - 1]) / len(timed)
-    return {"config": args.config, "step_ms": 1000 * step_s, "images_per_s": args.batch_size / step_s,
-            "peak_memory_mb": _peak_memory_mb(device), "device": str(device), "steps_timed": len(timed)}
+    intervals = sorted(b - a for a, b in zip(times[args.warmup - 1:-1], times[args.warmup:]))
+    step_s = intervals[len(intervals) // 2]  # median: robust to other jobs' bursts on a shared machine
+    mean_s = (times[-1] - times[args.warmup - 1]) / len(intervals)
+    return {"config": args.config, "step_ms": 1000 * step_s, "mean_step_ms": 1000 * mean_s, "images_per_s": args.batch_size / step_s,
+            "peak_memory_mb": _peak_memory_mb(device), "device": str(device), "steps_timed": len(intervals)}
 
 
 def reference_loop(args, device, total: int) -> list[float]:
@@ -120,7 +121,7 @@ def machine_info(device: str) -> dict:
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "rbseg": robustbench_seg.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_default_threads": torch.get_num_threads()}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--steps", type=int, default=40, help="timed steps")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all configs (median reported)")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -154,23 +156,30 @@ def main(argv=None) -> int:
         print(json.dumps(run_one(args)))
         return 0
 
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for config in args.configs.split(","):
+            cmd = [sys.executable, __file__, "--config", config, "--data", args.data, "--arch", args.arch, "--preset", args.preset,
+                   "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--device", args.device, "--num-workers", str(args.num_workers),
+                   "--threads", str(args.threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(res.stderr[-2000:], file=sys.stderr)
+                return res.returncode
+            runs.setdefault(config, []).append(json.loads(res.stdout.strip().splitlines()[-1]))
     rows = []
-    for config in args.configs.split(","):
-        cmd = [sys.executable, __file__, "--config", config, "--data", args.data, "--arch", args.arch, "--preset", args.preset,
-               "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", args.device, "--num-workers", str(args.num_workers),
-               "--threads", str(args.threads)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(res.stderr[-2000:], file=sys.stderr)
-            return res.returncode
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for config, reps in runs.items():  # the median repeat (by step time), interleaved rounds
+        reps = sorted(reps, key=lambda r: r["step_ms"])
+        row = dict(reps[len(reps) // 2])
+        row["step_ms_repeats"] = [r["step_ms"] for r in reps]
+        rows.append(row)
     base = next((r for r in rows if r["config"] == "baseline"), None)
     for r in rows:
         r["time_vs_baseline"] = None if base is None else r["step_ms"] / base["step_ms"]
     report = {"benchmark": "train_speed", "arch": args.arch, "batch_size": args.batch_size, "crop": args.crop,
-              "steps": args.steps, "warmup": args.warmup, "preset": args.preset, "data": args.data,
-              "machine": machine_info(args.device), "results": rows}
+              "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "preset": args.preset, "data": args.data,
+              "threads": args.threads or "torch default", "machine": machine_info(args.device), "results": rows}
     binding = next((r for r in rows if r["config"] == "binding"), None)
     if base and binding:
         report["binding_over_baseline_step_time"] = binding["step_ms"] / base["step_ms"]

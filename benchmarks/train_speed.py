@@ -195,9 +195,9 @@ def main(argv=None) -> int:
         ratio = "-" if r["time_vs_baseline"] is None else f"{r['time_vs_baseline']:.2f}"
         table.add_row(r["config"], f"{r['images_per_s']:.1f}", f"{r['step_ms']:.1f}", f"{r['peak_memory_mb']:.0f}", ratio)
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    import common  # benchmarks/common.py; imported here, like torch, to keep --help light
+
+    out = common.write_json(args.out, report)
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,6 @@ ART is not a dependency of the suite: install it only to run this, e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import common
 from robustbench_seg.attacks.surrogate import extract_crops
 from robustbench_seg.attacks.uap import UAPConfig, fooling_rate, universal_perturbation
 from robustbench_seg.data.transforms import normalize
@@ -172,9 +172,7 @@ def main(argv=None) -> int:
         "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                      "numpy": np.__version__, "art": art.__version__},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = common.write_json(args.out, result)
     print(f"\nclassifier val accuracy {acc:.3f}; wrote {out}")
     return 0
 

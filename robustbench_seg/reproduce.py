@@ -3,10 +3,11 @@
     data -> train the ten zoo models -> export them (OUT/models) -> train the two surrogates ->
     craft the five perturbations (OUT/perturbations) -> evaluate every model clean and under each
     perturbation on val (every subset), and the baseline/binding on ooc when the data has it
-    (OUT/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
+    (OUT/reports/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
 
 Layout of OUT: ``data/VOC2012`` (SynthVOC, when no data root is given), ``work/`` (training runs,
-surrogates, ``state.json``), ``models/``, ``perturbations/``, ``results/``, ``reports/``. With
+surrogates, ``state.json``), ``models/``, ``perturbations/``, ``reports/`` (with the result JSON
+files in ``reports/results/``). With
 ``out="."`` in a checkout, ``models/``, ``perturbations/`` and ``reports/`` are exactly what the
 suite ships.
 
@@ -142,7 +143,9 @@ class Layout:
 
     @classmethod
     def under(cls, out: Path) -> "Layout":
-        return cls(out, out / "data", out / "work", out / "models", out / "perturbations", out / "results", out / "reports")
+        # the results live inside the report folder, so the shipped reports/ carries the JSON behind every number
+        return cls(out, out / "data", out / "work", out / "models", out / "perturbations", out / "reports" / "results",
+                   out / "reports")
 
     @property
     def state(self) -> Path:

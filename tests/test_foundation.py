@@ -167,3 +167,10 @@ def test_perturbation_format_roundtrip_and_validation(tmp_path):
         validate_array(np.full((3, 2, 2), 11, np.float32), "x.npy", xi=10)
     with pytest.raises(PerturbationError, match="no such perturbation"):
         load_perturbation(tmp_path / "missing")
+
+
+def test_passive_openmp_waiting_only_on_a_busy_machine():
+    from robustbench_seg.cli import busy_machine
+
+    assert busy_machine(5.0, 2) and busy_machine(2.6, 2)
+    assert not busy_machine(2.0, 2) and not busy_machine(0.3, 2) and not busy_machine(9.0, 8)

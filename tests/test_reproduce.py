@@ -121,7 +121,7 @@ def test_full_run_plans_every_stage_in_order_and_writes_the_shipped_layout(tmp_p
     assert all(c[4] == f"{c[1]}.pt" for c in evals)  # each model is evaluated from its exported checkpoint
 
     for sub in ("models/binding.pt", "perturbations/gduap-rall.npy", "reports/index.html", "reports/expected.json",
-                "reports/tables/table4.md", "reports/figures/figure4_cooccurrence.png", "results", "data/VOC2012",
+                "reports/tables/table4.md", "reports/figures/figure4_cooccurrence.png", "reports/results", "data/VOC2012",
                 "work/state.json"):
         assert (tmp_path / sub).exists(), sub
     entries = read_expected(tmp_path / "reports" / "expected.json")

@@ -190,3 +190,27 @@ def test_torchrun_ddp_two_processes(synth_micro_root, tmp_path):
     assert ck["progress"]["finished"] and ck["progress"]["global_step"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ddp.pt"]  # no stray temporary files from a second writer
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_binding_recipe_is_stage2_of_the_no_denoise_recipe(synth_micro_root, tmp_path):
+    """The zoo's ``binding`` reuses the ``binding-no-denoise`` run as its stage 1 (STAGE2_FROM)."""
+    from robustbench_seg.training import train_recipe
+    from robustbench_seg.training.recipes import STAGE2_FROM, recipe_command
+
+    assert STAGE2_FROM == {"binding": "binding-no-denoise"}
+    opts = dict(crop=32, batch_size=4, steps=2, stage2_steps=2, val_split=None, num_workers=0, checkpoint_every=None,
+                pairs_per_image=1, fbh_hidden=8)
+    out = train_recipe("binding", synth_micro_root, tmp_path / "train" / "binding", device="cpu", progress=False, **opts)
+    stage1 = tmp_path / "train" / "binding-no-denoise" / "binding-no-denoise.pt"
+    assert out == tmp_path / "train" / "binding" / "binding.pt" and stage1.is_file()
+    ck, src = read_checkpoint(out), read_checkpoint(stage1)
+    assert ck["training"]["stage2_from"] == str(stage1) and list(ck["progress"]["seconds"]) == ["stage2"]
+    assert src["training"]["denoise"] is False and list(src["progress"]["seconds"]) == ["stage1"]
+    # the stage-1 run is found, not retrained; a .pt target puts it beside the file
+    mtime = stage1.stat().st_mtime_ns
+    assert train_recipe("binding-no-denoise", synth_micro_root, tmp_path / "train" / "binding-no-denoise",
+                        device="cpu", progress=False, **opts) == stage1
+    assert stage1.stat().st_mtime_ns == mtime
+    flat = train_recipe("binding", synth_micro_root, tmp_path / "flat" / "b.pt", device="cpu", progress=False, **opts)
+    assert (tmp_path / "flat" / "binding-no-denoise.pt").is_file() and flat.name == "b.pt"
+    assert "--stage2-from CKPT_OF_binding-no-denoise" in recipe_command("binding")

@@ -1,6 +1,7 @@
 """Helpers shared by the command modules: JSON output, rich console, common options."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -21,10 +22,11 @@ def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
-def add_data_arg(parser, required: bool = True) -> None:
+def add_data_arg(parser, required: bool = True, help_text: str | None = None) -> None:
+    """``--data ROOT``, the VOC tree; ``help_text`` for a command whose --data means more (a default, a use)."""
     parser.add_argument(
         "--data", required=required, metavar="ROOT",
-        help="the VOC2012/ folder that holds JPEGImages/ (real VOC or SynthVOC)",
+        help=help_text or "the VOC2012/ folder that holds JPEGImages/ (real VOC or SynthVOC)",
     )
 
 
@@ -38,3 +40,36 @@ def resolve_device(name: str):
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def add_resume_flag(parser, saved: str) -> None:
+    """``--resume``; ``saved`` says when the state it continues from was saved ("after the last finished pass")."""
+    parser.add_argument("--resume", action="store_true", help=f"continue from the state saved {saved}")
+
+
+def finish_command(parser, func, *, resume: str | None = None, device: bool = False) -> None:
+    """The options a command's parser ends with, in this order, and the function it runs:
+    ``--resume`` (when ``resume`` says when the state was saved), ``--device`` (when ``device``), ``--json``."""
+    if resume is not None:
+        add_resume_flag(parser, resume)
+    if device:
+        add_device_arg(parser)
+    add_json_flag(parser)
+    parser.set_defaults(func=func)
+
+
+def add_command_group(subparsers, name: str, dest: str, **kwargs):
+    """A command with subcommands (``rbseg NAME SUBCOMMAND``); on its own it prints its help and exits 2.
+    ``kwargs`` go to ``add_parser`` (help, description); returns the subparsers to add the subcommands to."""
+    parser = subparsers.add_parser(name, **kwargs)
+    sub = parser.add_subparsers(dest=dest, metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    return sub
+
+
+def comma_separated(text: str, message: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated option value; none: an argparse error ``message``."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(message)
+    return items

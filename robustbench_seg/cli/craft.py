@@ -1,20 +1,23 @@
 """``rbseg craft {uap,gd-uap}`` and ``rbseg train-surrogate``: crafting universal perturbations."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import add_data_arg, add_device_arg, add_json_flag, console, err_console, print_json
+from .common import add_command_group, add_data_arg, comma_separated, console, err_console, finish_command, print_json
 
 
 def _layers(text: str) -> tuple[str, ...]:
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated module names")
-    return names
+    return tuple(comma_separated(text, "expected comma-separated module names"))
+
+
+def _add_crafting_io(p) -> None:
+    """--data, --out and --preset, the same for `craft uap` and `craft gd-uap`."""
+    add_data_arg(p)
+    p.add_argument("--out", required=True, metavar="NAME", help="output name (bare name: the shipped perturbations/ folder) or path")
+    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="default settings (default: paper)")
 
 
 def register(subparsers) -> None:
@@ -22,10 +25,8 @@ def register(subparsers) -> None:
     from ..attacks.surrogate import PRESETS as SURROGATE_PRESETS
     from ..attacks.surrogate import SURROGATE_ARCHS
 
-    parser = subparsers.add_parser("craft", help="craft a universal perturbation (UAP or GD-UAP)",
-                                   description="Craft universal perturbations; both commands resume with --resume.")
-    sub = parser.add_subparsers(dest="craft_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    sub = add_command_group(subparsers, "craft", "craft_command", help="craft a universal perturbation (UAP or GD-UAP)",
+                            description="Craft universal perturbations; both commands resume with --resume.")
 
     p = sub.add_parser(
         "uap", help="UAP (Moosavi-Dezfooli et al. 2017) with DeepFool on a classifier",
@@ -33,9 +34,7 @@ def register(subparsers) -> None:
                     "or --weights PATH) or a checkpoint from `rbseg train-surrogate`. Options left out take the "
                     "--preset's value (paper: xi 10, l-inf, delta 0.2, 10 passes, overshoot 0.02, 10 classes).")
     p.add_argument("--surrogate", required=True, metavar="resnet152|googlenet|CKPT", help="the classifier to attack")
-    add_data_arg(p)
-    p.add_argument("--out", required=True, metavar="NAME", help="output name (bare name: the shipped perturbations/ folder) or path")
-    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="default settings (default: paper)")
+    _add_crafting_io(p)
     p.add_argument("--xi", type=float, help="radius in 0-255 units (10)")
     p.add_argument("--norm", choices=["inf", "2"], help="l-inf or l2 ball (inf)")
     p.add_argument("--delta", type=float, help="stop at fooling rate >= 1 - delta (0.2)")
@@ -52,10 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, help="perturbation side (default: the surrogate's input size; 224 for ImageNet)")
     p.add_argument("--weights", default=None, metavar="PATH", help="local ImageNet state dict for resnet152 / googlenet")
     p.add_argument("--no-clip", action="store_true", help="do not clip x + v to [0, 255] while crafting")
-    p.add_argument("--resume", action="store_true", help="continue from the state saved after the last finished pass")
-    add_device_arg(p)
-    add_json_flag(p)
-    p.set_defaults(func=run_uap)
+    finish_command(p, run_uap, resume="after the last finished pass", device=True)
 
     p = sub.add_parser(
         "gd-uap", help="GD-UAP (Mopuri et al. 2018) on a segmentation model's encoder",
@@ -64,9 +60,7 @@ def register(subparsers) -> None:
                     "the --preset's value (paper: 513x513, 40000 iterations, validation every 400, patience 10).")
     p.add_argument("--source", required=True, metavar="MODEL", help="zoo name or checkpoint of the source model")
     p.add_argument("--prior", required=True, choices=list(PRIORS), help="none (R-No), range, partial (R-Part), all (R-All)")
-    add_data_arg(p)
-    p.add_argument("--out", required=True, metavar="NAME", help="output name (bare name: the shipped perturbations/ folder) or path")
-    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="default settings (default: paper)")
+    _add_crafting_io(p)
     p.add_argument("--xi", type=float, help="l-inf radius in 0-255 units (10)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="perturbation size (paper 513 513, tiny 96 96)")
     p.add_argument("--max-iters", type=int, help="iterations at most (paper 40000, tiny 400)")
@@ -85,24 +79,19 @@ def register(subparsers) -> None:
     p.add_argument("--fit", choices=["tile", "crop", "resize"], help="fit mode for validation images (tile)")
     p.add_argument("--no-clip", action="store_true", help="do not clip x + v to [0, 255]")
     p.add_argument("--seed", type=int, help="seed (0)")
-    p.add_argument("--resume", action="store_true", help="continue from the state saved at the last validation")
-    add_device_arg(p)
-    add_json_flag(p)
-    p.set_defaults(func=run_gduap)
+    finish_command(p, run_gduap, resume="at the last validation", device=True)
 
     p = sub.add_parser(
         "shipped", help="craft the Table 4 perturbations the suite ships (recipes)",
         description="Craft one or all of uap-resnet, uap-googlenet, gduap-rno, gduap-rall, gduap-rpart with their "
                     "recipe (attacks/recipes.py) into --out-dir (default: the shipped perturbations/ folder).")
     p.add_argument("names", nargs="+", metavar="NAME", help="recipe names, or 'all'")
-    p.add_argument("--data", default=None, metavar="ROOT", help="VOC tree (default: the embedded SynthVOC tiny)")
+    add_data_arg(p, required=False, help_text="VOC tree (default: the embedded SynthVOC tiny)")
     p.add_argument("--source", default="baseline", metavar="MODEL", help="GD-UAP source model (default: zoo baseline)")
     p.add_argument("--surrogates", default=None, metavar="DIR", help="folder with resnet152.pt / googlenet.pt from train-surrogate")
     p.add_argument("--out-dir", default=None, metavar="DIR", help="output folder (default: the shipped perturbations/)")
     p.add_argument("--preset", default="tiny", choices=["paper", "tiny"], help="crafting preset (default: tiny)")
-    add_device_arg(p)
-    add_json_flag(p)
-    p.set_defaults(func=run_shipped)
+    finish_command(p, run_shipped, device=True)
 
     p = subparsers.add_parser(
         "train-surrogate", help="train a ResNet-152 / GoogLeNet surrogate on a dataset's object crops",
@@ -115,10 +104,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="tiny", choices=list(SURROGATE_PRESETS), help="training preset (default: tiny)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
-    p.add_argument("--resume", action="store_true", help="continue from the state saved after the last finished epoch")
-    add_device_arg(p)
-    add_json_flag(p)
-    p.set_defaults(func=run_train_surrogate)
+    finish_command(p, run_train_surrogate, resume="after the last finished epoch", device=True)
 
 
 def _progress(json_mode: bool) -> Progress:

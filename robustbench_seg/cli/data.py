@@ -1,15 +1,13 @@
 """``rbseg data {check,stats,subsets,synth}``: dataset validation, statistics, subsets, SynthVOC."""
 from __future__ import annotations
 
-import argparse
-
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from ..constants import VOC_CLASSES
 from ..errors import RbsegError
-from .common import add_data_arg, add_json_flag, console, print_json
+from .common import add_command_group, add_data_arg, comma_separated, console, finish_command, print_json
 
 
 def show_progress(args) -> bool:
@@ -22,17 +20,12 @@ SYNTH_PRESETS = ("micro", "tiny", "small", "large")
 
 
 def _split_list(text: str) -> list[str]:
-    splits = [s.strip() for s in text.split(",") if s.strip()]
-    if not splits:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of split names")
-    return splits
+    return comma_separated(text, "expected a comma-separated list of split names")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="check, describe and subset a VOC tree; generate SynthVOC",
-                                   description="Dataset tools: validation, statistics, the paper's subsets, SynthVOC.")
-    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    sub = add_command_group(subparsers, "data", "data_command", help="check, describe and subset a VOC tree; generate SynthVOC",
+                            description="Dataset tools: validation, statistics, the paper's subsets, SynthVOC.")
 
     p = sub.add_parser("check", help="validate a VOC tree and list every problem",
                        description="Validate a VOC tree: images, masks, labels, sizes, split lists, instance "
@@ -41,8 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--strict-sizes", action="store_true",
                    help="on a real VOC tree, any split size other than VOC 2012's is an error (by default a "
                         "list with fewer than half the real ids is a partial tree: a warning)")
-    add_json_flag(p)
-    p.set_defaults(func=run_check)
+    finish_command(p, run_check)
 
     p = sub.add_parser("stats", help="class frequencies and the co-occurrence matrix",
                        description="Per-class image counts and the 21x21 co-occurrence matrix (images containing "
@@ -50,8 +42,7 @@ def register(subparsers) -> None:
     add_data_arg(p)
     p.add_argument("--splits", type=_split_list, default=None, metavar="A,B",
                    help="comma-separated splits (default: train_aug,val, those that exist)")
-    add_json_flag(p)
-    p.set_defaults(func=run_stats)
+    finish_command(p, run_stats)
 
     p = sub.add_parser("subsets", help="the paper's evaluation subsets (Tables 2, 3, Figure 4)",
                        description="Compute occ1, occall, obj1-4, uniq2-4, person-<c>, only-<c> and cooc50-10 "
@@ -61,8 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--cooccur-splits", type=_split_list, default=["train_aug", "val"], metavar="A,B",
                    help="splits counted for the co-occurrence matrix (default: train_aug,val; missing ones are "
                         "dropped and the splits used are reported)")
-    add_json_flag(p)
-    p.set_defaults(func=run_subsets)
+    finish_command(p, run_subsets)
 
     p = sub.add_parser("synth", help="generate a synthetic VOC tree (SynthVOC)",
                        description="Write OUT/VOC2012/ in the VOC layout: JPEG images, palette masks, instance "
@@ -71,8 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="tiny", choices=SYNTH_PRESETS, help="dataset size (default: tiny)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0); same seed, same bytes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR/VOC2012/")
-    add_json_flag(p)
-    p.set_defaults(func=run_synth)
+    finish_command(p, run_synth)
 
 
 # --- check -----------------------------------------------------------------------------------------

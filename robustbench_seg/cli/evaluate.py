@@ -8,7 +8,7 @@ from rich import box
 from rich.table import Table
 
 from ..attacks.apply import DEFAULT_FIT, FitMode
-from .common import add_device_arg, add_json_flag, console, print_json
+from .common import add_data_arg, add_device_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -24,8 +24,8 @@ def register(subparsers) -> None:
                    help="a zoo name (rbseg zoo list), a checkpoint path, or module:function returning an nn.Module")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="state dict for a module:function model (loaded safely, weights only)")
-    p.add_argument("--data", default=None, metavar="ROOT",
-                   help="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
+    add_data_arg(p, required=False,
+                 help_text="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'ooc' on SynthVOC)")
     p.add_argument("--perturbations", default="all", metavar="all|none|NAME,...",
                    help="shipped perturbation names or .npy paths (default: all shipped); clean is always included")
@@ -44,8 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="results", metavar="DIR", help="results folder (default: results/)")
     p.add_argument("--force", action="store_true", help="recompute even when stored results match")
     p.add_argument("--show-subsets", action="store_true", help="also print the mIoU of every subset")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

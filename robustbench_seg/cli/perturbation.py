@@ -7,19 +7,17 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from .common import add_json_flag, console, print_json
+from .common import add_command_group, add_data_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
     from ..attacks.apply import DEFAULT_FIT, FitMode
     from ..attacks.importers import IMPORTERS
 
-    parser = subparsers.add_parser(
-        "perturbation", help="import, show and list universal perturbations",
+    sub = add_command_group(
+        subparsers, "perturbation", "perturbation_command", help="import, show and list universal perturbations",
         description="Universal perturbations in the suite's format (NAME.npy: float32 3xHxW RGB offsets in "
                     "0-255 units; NAME.json: metadata).")
-    sub = parser.add_subparsers(dest="perturbation_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
     formats = "; ".join(f"{k}: {v.description}" for k, v in IMPORTERS.items())
     p = sub.add_parser(
@@ -38,8 +36,7 @@ def register(subparsers) -> None:
                         "values are multiplied by 255/S (default: 255 for lts4-mat and gduap-npy, 1 for torch-chw)")
     p.add_argument("--xi", type=float, default=10.0, help="stated l-inf radius in 0-255 units (default 10); larger values are refused")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: from the format)")
-    add_json_flag(p)
-    p.set_defaults(func=run_import)
+    finish_command(p, run_import)
 
     p = sub.add_parser(
         "show", help="print a perturbation's metadata and write a PNG preview",
@@ -49,17 +46,15 @@ def register(subparsers) -> None:
     p.add_argument("--png", default=None, metavar="PATH", help="where to write the preview (default: the cache folder)")
     p.add_argument("--image", default=None, metavar="PATH", help="example image (default: a val image of --data, "
                    "else of the embedded default dataset when generated, else a built-in test card)")
-    p.add_argument("--data", default=None, metavar="ROOT", help="take the example image from this VOC tree's val split")
+    add_data_arg(p, required=False, help_text="take the example image from this VOC tree's val split")
     p.add_argument("--fit", default=DEFAULT_FIT.value, choices=[m.value for m in FitMode], help="fit mode for the example")
     p.add_argument("--no-clip", action="store_true", help="do not clip the perturbed example to [0, 255]")
-    add_json_flag(p)
-    p.set_defaults(func=run_show)
+    finish_command(p, run_show)
 
     p = sub.add_parser("list", help="list perturbations (the shipped folder or --dir)",
                        description="List the perturbations in the shipped perturbations/ folder (or --dir).")
     p.add_argument("--dir", default=None, metavar="DIR", help="folder to list (default: the shipped perturbations/)")
-    add_json_flag(p)
-    p.set_defaults(func=run_list)
+    finish_command(p, run_list)
 
 
 def run_import(args) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_flag, console, print_json
+from .common import add_data_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
     p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default: reports/)")
-    p.add_argument("--data", default=None, metavar="ROOT",
-                   help="VOC2012/ folder for the qualitative figures (default: the one the results record)")
+    add_data_arg(p, required=False,
+                 help_text="VOC2012/ folder for the qualitative figures (default: the one the results record)")
     p.add_argument("--models-dir", default=None, metavar="DIR",
                    help="zoo folder (zoo.json) holding the evaluated models, e.g. a `rbseg reproduce` output's models/")
     p.add_argument("--dataset", default=None, metavar="NAME",
@@ -26,8 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-qualitative", action="store_true",
                    help="skip the figures that run models (Figures 2, 3, 5, 6)")
     p.add_argument("--device", default="cpu", help="device for the qualitative figures (default: cpu)")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_json_flag, console, print_json
+from .common import add_command_group, add_data_arg, add_device_arg, add_json_flag, console, print_json
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("zoo", help="the model zoo: list, verify, train and export entries",
-                              description="Named models shipped in models/ (zoo.json manifest, sha256-verified).")
-    sub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
+    sub = add_command_group(subparsers, "zoo", "zoo_command", help="the model zoo: list, verify, train and export entries",
+                            description="Named models shipped in models/ (zoo.json manifest, sha256-verified).")
 
     ls = sub.add_parser("list", help="table of the zoo models", description="List the zoo models and their recorded val mIoU.")
     ls.add_argument("--models-dir", default=None, metavar="DIR", help="zoo folder (default: the shipped models/)")
@@ -30,7 +29,7 @@ def register(subparsers) -> None:
                         description="Train zoo entry NAME with its recipe (resumes an interrupted run) and, with "
                                     "--export, write models/NAME.pt and its zoo.json entry.")
     tr.add_argument("name", help="zoo name (rbseg zoo list)")
-    tr.add_argument("--data", default=None, metavar="ROOT", help="VOC2012/ folder (default: the embedded SynthVOC tiny)")
+    add_data_arg(tr, required=False, help_text="VOC2012/ folder (default: the embedded SynthVOC tiny)")
     tr.add_argument("--out", default="runs", metavar="DIR|CKPT", help="run folder (gets NAME.pt) or checkpoint path")
     tr.add_argument("--preset", default="tiny", help="training preset (tiny, paper)")
     tr.add_argument("--export", action="store_true", help="export into the zoo folder when done")
@@ -47,7 +46,6 @@ def register(subparsers) -> None:
     ex.add_argument("--val-miou", type=float, default=None, help="figure to record (default: re-scored on the val split)")
     add_json_flag(ex)
     ex.set_defaults(func=run_export)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -97,8 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         scale=(0.5, 2.0),
     ),
     "tiny": dict(
-        arch="deeplabv3_tiny", steps=1000, binding_steps=850, stage2_steps=150, batch_size=8, optimizer="adamw",
-        lr=3e-3, stage2_lr=3e-5, weight_decay=1e-4, crop=64, scale=(0.75, 1.25), weights_backbone=None,
+        arch="deeplabv3_tiny", steps=1000, binding_steps=850, stage2_steps=150, batch_size=16, optimizer="adamw",
+        lr=2e-3, stage2_lr=2e-5, weight_decay=1e-4, crop=64, scale=(0.75, 1.25), weights_backbone=None,
         num_workers=0, fbh_hidden=64, channels_last=True, checkpoint_every=200,
     ),
 }

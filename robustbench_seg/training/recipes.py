@@ -3,6 +3,11 @@
 ``ZOO_RECIPES[name]`` holds the training options that differ from the preset's defaults;
 ``train_recipe`` trains one (resuming an interrupted run), ``export_to_zoo`` writes the compact
 inference checkpoint (fp16 weights, no optimiser state) and its manifest entry.
+
+``STAGE2_FROM``: zoo models that are stage 2 (denoising, Eq. 4) of another zoo model's stage 1.
+``binding`` is the paper's two-stage training written as two commands: stage 1 is exactly the
+``binding-no-denoise`` ablation (Table 5b), so the zoo trains that stage once and ``binding`` runs
+``--stage2-from`` it; Table 5b then compares the two stages of one run.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ ZOO_RECIPES: dict[str, dict] = {
     "binding-mfb": {"method": "binding", "blend": "mfb"},
 }
 assert tuple(ZOO_RECIPES) == ZOO_NAMES
+STAGE2_FROM: dict[str, str] = {"binding": "binding-no-denoise"}
 
 _FLAGS = {"fbh": ("--fbh", "--no-fbh"), "denoise": ("--denoise", "--no-denoise")}
 
@@ -49,6 +55,8 @@ def recipe_command(name: str, preset: str = "tiny") -> str:
             args.append(_FLAGS[key][0 if value else 1])
         else:
             args += [f"--{key.replace('_', '-')}", str(value)]
+    if name in STAGE2_FROM:
+        args += ["--stage2-from", f"CKPT_OF_{STAGE2_FROM[name]}"]
     args += ["--data", "ROOT", "--out", "CKPT", "--preset", preset]
     return shlex.join(args)
 
@@ -61,10 +69,16 @@ def checkpoint_path(name: str, out: str | Path) -> Path:
 def train_recipe(name: str, data_root: str | Path, out: str | Path, preset: str = "tiny", device: str = "auto",
                  progress: bool = True, **overrides) -> Path:
     """Train zoo entry ``name`` into ``out`` (a ``.pt`` path, or a folder that gets ``<name>.pt``);
-    an interrupted run resumes, a finished one is returned as is."""
+    an interrupted run resumes, a finished one is returned as is. A model of :data:`STAGE2_FROM`
+    first trains (or finds) its stage-1 model beside it: ``<dir>/<source>.pt`` for a ``.pt`` path,
+    the sibling folder ``<out>/../<source>/`` for a folder (the layout ``rbseg reproduce`` uses)."""
     from .trainer import train
 
     ckpt = checkpoint_path(name, out)
+    if name in STAGE2_FROM and "stage2_from" not in overrides:
+        source = STAGE2_FROM[name]
+        source_out = ckpt.with_name(f"{source}.pt") if Path(out).suffix == ".pt" else Path(out).parent / source
+        overrides["stage2_from"] = str(train_recipe(source, data_root, source_out, preset, device, progress, **overrides))
     cfg = recipe_config(name, data_root, ckpt, preset, device, resume=True, progress=progress, **overrides)
     return train(cfg)
 

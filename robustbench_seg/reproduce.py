@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ class Components:
     perturbation_names: Sequence[str]  # the shipped perturbations (Table 4)
     surrogate_archs: Sequence[str]  # the black-box UAP surrogates
     gduap_source: str = "baseline"  # the zoo model GD-UAP is crafted on
+    stage2_from: Mapping[str, str] = field(default_factory=dict)  # zoo model -> the zoo model its stage 1 is
     ooc_models: Sequence[str] = ("baseline", "binding")
 
 
@@ -176,11 +177,17 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     def root_of(done: dict) -> Path:
         return Path(done[data_id]["root"])
 
-    for name in comp.model_names:
-        def train(done: dict, name=name) -> dict:
+    # a model trained as stage 2 of another (stage2_from) comes after it, gets its checkpoint and re-runs with it
+    for name in sorted(comp.model_names, key=lambda n: n in comp.stage2_from):
+        source = comp.stage2_from.get(name)
+
+        def train(done: dict, name=name, source=source) -> dict:
             out = layout.work / "train" / name
-            return {"checkpoint": str(comp.train(name, root_of(done), out, preset.train, device, **preset.train_options))}
-        steps.append(Step("train", name, train, _exists("checkpoint"), d))
+            options = dict(preset.train_options)
+            if source is not None:
+                options["stage2_from"] = done[f"train/{source}"]["checkpoint"]
+            return {"checkpoint": str(comp.train(name, root_of(done), out, preset.train, device, **options))}
+        steps.append(Step("train", name, train, _exists("checkpoint"), d if source is None else (*d, f"train/{source}")))
     for name in comp.model_names:
         def export(done: dict, name=name) -> dict:
             return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), layout.models))}
@@ -410,5 +417,5 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
         generate=generate, train=train, export=export, train_surrogate=train_surrogate, craft=craft,
         evaluate=evaluate, report=report, write_expected=results.write_expected,
         model_names=tuple(zoo.ZOO_NAMES), perturbation_names=tuple(recipes.SHIPPED),
-        surrogate_archs=tuple(surrogate.SURROGATE_ARCHS),
+        surrogate_archs=tuple(surrogate.SURROGATE_ARCHS), stage2_from=dict(training.recipes.STAGE2_FROM),
     )

@@ -24,6 +24,18 @@ def _isolated_cache(tmp_path_factory):
         os.environ["RBSEG_CACHE"] = old
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores.
+    Modules of tiny-model tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

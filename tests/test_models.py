@@ -18,13 +18,7 @@ from robustbench_seg.models.checkpoint import make_checkpoint, read_checkpoint, 
 from robustbench_seg.models.zoo import load_zoo, zoo_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_lists_the_architectures():

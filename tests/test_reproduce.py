@@ -6,6 +6,7 @@ planning, state, skipping, report and expected.json code under test is the real 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,21 @@ def test_cli_help_lists_presets(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--resume" in out and "tiny" in out and "paper" in out
+
+
+def test_a_stage2_model_trains_after_its_stage1_model_and_follows_it(tmp_path):
+    """Components.stage2_from: the plan orders the stage-1 model first, hands its checkpoint over, and a
+    re-run of stage 1 re-runs stage 2 (binding = stage 2 of binding-no-denoise in the real zoo)."""
+    def components(fake: FakePipeline) -> Components:
+        return replace(fake.components(), stage2_from={"binding": "binding-no-denoise"})
+
+    fake = FakePipeline()
+    reproduce("micro", out=tmp_path, components=components(fake))
+    order = [c[1] for c in fake.calls if c[0] == "train"]
+    assert order == [n for n in ZOO if n != "binding"] + ["binding"]
+    assert [c[3] for c in fake.calls if c[:2] == ("train", "binding")] == [("batch_size", "stage2_from", "stage2_steps", "steps")]
+    (tmp_path / "work" / "train" / "binding-no-denoise" / "last.pt").unlink()
+    again = FakePipeline()
+    reproduce("micro", out=tmp_path, resume=True, components=components(again))
+    assert [c[1] for c in again.calls if c[0] == "train"] == ["binding-no-denoise", "binding"]
+    assert {c[1] for c in again.calls if c[0] == "export"} == {"binding-no-denoise", "binding"}

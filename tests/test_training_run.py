@@ -10,13 +10,7 @@ from robustbench_seg.models import load_model, read_checkpoint
 from robustbench_seg.training import TrainConfig, TrainingError, train
 from robustbench_seg.training import methods, trainer
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = dict(preset="tiny", crop=32, batch_size=4, val_split=None, progress=False, num_workers=0, checkpoint_every=None)

@@ -6,7 +6,7 @@ import argparse
 from rich import box
 from rich.table import Table
 
-from .common import add_json_flag, console, print_json
+from .common import console, finish_command, print_json
 
 STYLE = {"ok": "green", "improved": "cyan", "new": "dim", "regressed": "bold red", "missing": "bold red"}
 
@@ -24,8 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--tolerance", type=float, default=0.5, metavar="POINTS",
                    help="allowed drop in mIoU points (default: 0.5)")
     p.add_argument("--all", action="store_true", help="list every entry, not only the differences")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

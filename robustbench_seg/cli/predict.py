@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_json_flag, console, print_json
+from .common import add_device_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -33,8 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="image-decoding workers")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from rich import box
 from rich.table import Table
 
-from .common import add_device_arg, add_json_flag, console, print_json
+from .common import add_device_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -29,8 +29,7 @@ def register(subparsers) -> None:
     add_device_arg(p)
     p.add_argument("--resume", action="store_true",
                    help="continue a previous run in OUT: finished steps are skipped, interrupted ones resume")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import math
 from rich.table import Table
 
 from ..constants import VOC_CLASSES
-from .common import add_data_arg, add_json_flag, console, print_json
+from .common import add_data_arg, console, finish_command, print_json
 from .data import show_progress
 
 
@@ -20,8 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--pred-dir", required=True, metavar="DIR", help="folder holding <id>.png for every id")
     add_data_arg(p)
     p.add_argument("--split", default="val", help="split whose ids and masks are scored (default: val)")
-    add_json_flag(p)
-    p.set_defaults(func=run_score)
+    finish_command(p, run_score)
 
 
 def _pct(v: float | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_json_flag, print_json
+from .common import finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -67,8 +67,7 @@ def register(subparsers) -> None:
     e.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS", help="also checkpoint every STEPS steps")
     e.add_argument("--val-every", type=int, default=0, metavar="EPOCHS", help="also report val mIoU every N epochs")
     e.add_argument("--quiet", action="store_true", help="no progress display")
-    add_json_flag(p)
-    p.set_defaults(func=run)
+    finish_command(p, run)
 
 
 def config_from_args(args: argparse.Namespace):

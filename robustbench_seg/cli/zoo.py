@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_command_group, add_data_arg, add_device_arg, add_json_flag, console, print_json
+from .common import add_command_group, add_data_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -12,18 +12,15 @@ def register(subparsers) -> None:
 
     ls = sub.add_parser("list", help="table of the zoo models", description="List the zoo models and their recorded val mIoU.")
     ls.add_argument("--models-dir", default=None, metavar="DIR", help="zoo folder (default: the shipped models/)")
-    add_json_flag(ls)
-    ls.set_defaults(func=run_list)
+    finish_command(ls, run_list)
 
     ve = sub.add_parser("verify", help="check every shipped checkpoint against its sha256 and load it",
                         description="Verify the sha256 of every shipped checkpoint and that it loads.")
     ve.add_argument("--models-dir", default=None, metavar="DIR")
-    add_json_flag(ve)
-    ve.set_defaults(func=run_verify)
+    finish_command(ve, run_verify)
 
     ar = sub.add_parser("archs", help="the architectures build_model knows", description="List the registered architectures.")
-    add_json_flag(ar)
-    ar.set_defaults(func=run_archs)
+    finish_command(ar, run_archs)
 
     tr = sub.add_parser("train", help="train a zoo entry with its recipe (and export it)",
                         description="Train zoo entry NAME with its recipe (resumes an interrupted run) and, with "
@@ -34,9 +31,7 @@ def register(subparsers) -> None:
     tr.add_argument("--preset", default="tiny", help="training preset (tiny, paper)")
     tr.add_argument("--export", action="store_true", help="export into the zoo folder when done")
     tr.add_argument("--models-dir", default=None, metavar="DIR", help="zoo folder to export into (default: models/)")
-    add_device_arg(tr)
-    add_json_flag(tr)
-    tr.set_defaults(func=run_train)
+    finish_command(tr, run_train, device=True)
 
     ex = sub.add_parser("export", help="export a finished training checkpoint as a zoo entry",
                         description="Write MODELS_DIR/NAME.pt (fp16 weights, no optimiser state) and its zoo.json entry.")
@@ -44,8 +39,7 @@ def register(subparsers) -> None:
     ex.add_argument("checkpoint", metavar="CKPT")
     ex.add_argument("--models-dir", default=None, metavar="DIR")
     ex.add_argument("--val-miou", type=float, default=None, help="figure to record (default: re-scored on the val split)")
-    add_json_flag(ex)
-    ex.set_defaults(func=run_export)
+    finish_command(ex, run_export)
 
 
 def run_list(args: argparse.Namespace) -> int:

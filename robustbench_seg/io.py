@@ -33,6 +33,57 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def clean_stale_tmp(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove temporary files left by killed atomic writes (``.NAME.*.tmp``) in ``folder``.
+
+    With ``name``, only those of that one target file; returns what was removed. Called by long jobs
+    before they write, so a killed run leaves no litter behind the next one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    removed = []
+    for tmp in folder.glob(pattern):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def probe_writable(path: str | Path, what: str = "output") -> Path:
+    """Check, before long work starts, that ``path`` (a file to be written, or a folder) can be written.
+
+    Creates missing parent folders, writes and removes a small probe file, and turns any ``OSError``
+    (read-only, full disk, a file where a folder should be, no permission) into one :class:`RbsegError`
+    line naming the path. Returns the folder that was probed.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() or (not path.suffix and not path.exists()) else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".rbseg-probe.", suffix=".tmp", dir=folder)
+        try:
+            os.write(fd, b"0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        raise RbsegError(f"cannot write the {what} here ({exc.strerror or exc})", folder) from None
+    return folder
+
+
+def refuse_existing(path: str | Path, overwrite: bool, hint: str = "--overwrite") -> Path:
+    """Refuse to replace an existing file unless ``overwrite`` (one line naming the file and the flag)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise RbsegError(f"already exists; pass {hint} to replace it", path)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

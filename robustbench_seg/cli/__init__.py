@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Robustness evaluation suite for semantic segmentation (feature binding, BMVC 2020).",
     )
     parser.add_argument("--version", action="version", version=f"rbseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except RbsegError as exc:
         print(f"rbseg: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # a read-only or full disk, a missing permission: one line naming the path, never a traceback
+        if getattr(args, "debug", False):
+            raise
+        where = exc.filename or ""
+        print(f"rbseg: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rbseg: interrupted (finished work is saved; re-run with --resume where supported)", file=sys.stderr)
         return 130

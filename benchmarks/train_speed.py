@@ -8,6 +8,10 @@ blended on the CPU inside the data loader.
 
     python benchmarks/train_speed.py                       # tiny model, SynthVOC tiny, CPU
     python benchmarks/train_speed.py --arch deeplabv3_resnet101 --crop 321 --batch-size 8 --device cuda
+    python benchmarks/train_speed.py --configs binding,segmix  # SegMix's in-batch blend vs C_fb pairs
+
+``binding`` is feature binding stage 1 with the default ``cfb`` pairs; ``segmix`` the same with
+``--blend cm`` (SegMix: partner chosen in the batch on the device); ``cm_over_cfb_step_time`` compares them.
 
 Prints one table and writes JSON (default ``benchmarks/results/train_speed.json``).
 """
@@ -23,6 +27,8 @@ import time
 from pathlib import Path
 
 CONFIGS = ("baseline", "mixup", "cutmix", "binding", "reference")
+# configs that are a method plus options (the others are a method's name)
+CONFIG_OPTIONS = {"segmix": {"method": "binding", "blend": "cm"}}
 
 
 def _peak_memory_mb(device) -> float:
@@ -53,7 +59,8 @@ def run_one(args) -> dict:
     else:
         times: list[float] = []
         trainer.AFTER_STEP = lambda stage, step: (torch.cuda.synchronize() if device.type == "cuda" else None, times.append(time.perf_counter()))
-        opts = dict(method=args.config, preset=args.preset, arch=args.arch, batch_size=args.batch_size, crop=args.crop,
+        opts = dict(CONFIG_OPTIONS.get(args.config, {"method": args.config}))
+        opts.update(preset=args.preset, arch=args.arch, batch_size=args.batch_size, crop=args.crop,
                     steps=total, denoise=False, val_split=None, progress=False, device=str(device),
                     checkpoint_every=None, checkpoint_minutes=0, num_workers=args.num_workers, weights_backbone="none")
         with tempfile.TemporaryDirectory() as tmp:
@@ -183,6 +190,15 @@ def main(argv=None) -> int:
     binding = next((r for r in rows if r["config"] == "binding"), None)
     if base and binding:
         report["binding_over_baseline_step_time"] = binding["step_ms"] / base["step_ms"]
+    cm = next((r for r in rows if r["config"] == "segmix"), None)
+    if cm and binding:
+        report["cm_over_cfb_step_time"] = cm["step_ms"] / binding["step_ms"]
+    try:
+        import os
+
+        report["load_average"] = list(os.getloadavg())  # a shared machine: other jobs' load at the end of the run
+    except OSError:
+        pass
 
     from rich.console import Console
     from rich.table import Table

@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=128, help="crafting images (train crops)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-iter-df", type=int, default=10,
+                    help="DeepFool steps at most (default 10, the authors'; results made before issue 10 used 50)")
     ap.add_argument("--epochs", type=int, default=8, help="classifier training epochs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "uap_vs_art.json"))
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
         for name in ("rbseg batched", "rbseg batch 1", "ART"):
             bs = args.batch_size if name == "rbseg batched" else 1
             cfg = UAPConfig(xi=10.0, norm="inf", delta=0.2, max_passes=10, overshoot=0.02, num_classes=10,
-                            max_iter_df=50, batch_size=bs, seed=seed, clip=True)
+                            max_iter_df=args.max_iter_df, batch_size=bs, seed=seed, clip=True)
             if name == "ART":
                 v, secs, passes = run_art(model, images, cfg, seed)
             else:
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
         "benchmark": "uap_vs_art", "classifier": "SmallCNN (3 conv, 32 px, 20 classes)", "val_accuracy": round(acc, 4),
         "images": args.images, "seeds": args.seeds, "data": args.data, "rows": rows, "summary": summary,
         "settings": {"xi": 10, "norm": "inf", "delta": 0.2, "max_passes": 10, "overshoot": 0.02, "num_classes": 10,
-                     "max_iter_df": 50, "clip": [0, 255]},
+                     "max_iter_df": args.max_iter_df, "clip": [0, 255]},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "threads": args.threads, "python": sys.version.split()[0]},
         "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),

@@ -1,7 +1,8 @@
 """``reproduce``: the whole pipeline of the paper, from data to report, in one resumable call.
 
-    data -> train the ten zoo models -> export them (OUT/models) -> train the two surrogates ->
-    craft the five perturbations (OUT/perturbations) -> evaluate every model clean and under each
+    data -> train the zoo models and the GD-UAP source model (``gduap-source``, never evaluated)
+    -> export them (OUT/models) -> train the two surrogates ->
+    craft the five perturbations (OUT/perturbations; the GD-UAPs on ``gduap-source``) -> evaluate every model clean and under each
     perturbation on val (every subset), and the baseline/binding on ooc when the data has it
     (OUT/reports/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
 
@@ -44,6 +45,11 @@ class Preset:
     seed: int = 0
     train_options: dict = field(default_factory=dict)  # overrides of the training preset (keyword arguments)
     surrogate_options: dict = field(default_factory=dict)  # overrides of the surrogate preset
+    craft: str | None = None  # crafting preset (attacks.recipes UAP_PRESETS / GDUAP_PRESETS); None: ``train``
+
+    @property
+    def craft_preset(self) -> str:
+        return self.craft or self.train
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,9 +59,11 @@ PRESETS: dict[str, Preset] = {
                "SynthVOC tiny, small CPU models: what the suite ships; under 20 minutes on 2 CPU cores"),
         Preset("paper", None, "paper", True,
                "real PASCAL VOC 2012 (--data ROOT with train_aug), DeepLabv3-ResNet-101, 30 epochs: needs a GPU"),
-        Preset("micro", "micro", "tiny", False, "SynthVOC micro, minimal budgets: a smoke test of the pipeline",
+        Preset("micro", "micro", "tiny", False,
+               "SynthVOC micro, minimal budgets (4 training steps, 1-epoch 32-px surrogates with a narrow ResNet-152, "
+               "the micro crafting preset): a smoke test of the pipeline, about 2 minutes on 2 CPU cores",
                train_options={"steps": 4, "stage2_steps": 2, "batch_size": 4},
-               surrogate_options={"epochs": 1}),
+               surrogate_options={"epochs": 1, "input_size": 32, "width_per_group": 8}, craft="micro"),
     )
 }
 
@@ -75,7 +83,9 @@ class Components:
     model_names: Sequence[str]  # the zoo, in training order
     perturbation_names: Sequence[str]  # the shipped perturbations (Table 4)
     surrogate_archs: Sequence[str]  # the black-box UAP surrogates
-    gduap_source: str = "baseline"  # the zoo model GD-UAP is crafted on
+    gduap_source: str = "gduap-source"  # the model GD-UAP is crafted on (trained and exported, never evaluated,
+    # unless it is one of model_names)
+    gduap_names: Sequence[str] = ("gduap-rno", "gduap-rall", "gduap-rpart")  # the perturbations crafted on it
     stage2_from: Mapping[str, str] = field(default_factory=dict)  # zoo model -> the zoo model its stage 1 is
     ooc_models: Sequence[str] = ("baseline", "binding")
 
@@ -177,8 +187,10 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     def root_of(done: dict) -> Path:
         return Path(done[data_id]["root"])
 
+    # the GD-UAP source model is trained and exported like a zoo model but never evaluated
+    trained = list(comp.model_names) + ([comp.gduap_source] if comp.gduap_source not in comp.model_names else [])
     # a model trained as stage 2 of another (stage2_from) comes after it, gets its checkpoint and re-runs with it
-    for name in sorted(comp.model_names, key=lambda n: n in comp.stage2_from):
+    for name in sorted(trained, key=lambda n: n in comp.stage2_from):
         source = comp.stage2_from.get(name)
 
         def train(done: dict, name=name, source=source) -> dict:
@@ -188,7 +200,7 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
                 options["stage2_from"] = done[f"train/{source}"]["checkpoint"]
             return {"checkpoint": str(comp.train(name, root_of(done), out, preset.train, device, **options))}
         steps.append(Step("train", name, train, _exists("checkpoint"), d if source is None else (*d, f"train/{source}")))
-    for name in comp.model_names:
+    for name in trained:
         def export(done: dict, name=name) -> dict:
             return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), layout.models))}
         steps.append(Step("export", name, export, _exists("checkpoint"), (f"train/{name}",)))
@@ -202,12 +214,13 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
         def craft(done: dict, name=name) -> dict:
             surrogates = {a: Path(done[f"surrogate/{a}"]["checkpoint"]) for a in comp.surrogate_archs}
             source = Path(done[f"export/{comp.gduap_source}"]["checkpoint"])
-            comp.craft(name, root_of(done), source, surrogates, layout.perturbations, device, preset.train)
+            comp.craft(name, root_of(done), source, surrogates, layout.perturbations, device, preset.craft_preset)
             path = layout.perturbations / f"{name}.npy"
             if not path.is_file():
                 raise RbsegError(f"crafting '{name}' wrote no perturbation file", path)
             return {"perturbation": str(path)}
-        deps = (*d, f"export/{comp.gduap_source}", *(f"surrogate/{a}" for a in comp.surrogate_archs))
+        # a GD-UAP follows its source model, a UAP its surrogates
+        deps = (*d, f"export/{comp.gduap_source}") if name in comp.gduap_names else (*d, *(f"surrogate/{a}" for a in comp.surrogate_archs))
         steps.append(Step("craft", name, craft, _exists("perturbation"), deps))
 
     def perturbation_files(done: dict) -> list[str]:
@@ -360,17 +373,30 @@ def _require_gpu(preset: str, device: str) -> None:
 
 # --- the real components -----------------------------------------------------------------------------
 
-_EVENT_FIELDS = ("epoch", "pass", "iteration", "loss", "train_acc", "fooling_rate", "best", "saturation", "elapsed_s")
+_EVENT_FIELDS = ("epoch", "pass", "iteration", "step", "done", "total", "loss", "train_acc", "fooling_rate",
+                 "fooled_so_far", "best", "saturation", "elapsed_s")
+PROGRESS_EVERY_S = 10.0  # inside a pass / epoch: a progress line at most this often
 
 
-def _events(label: str, log: Callable[[str], None] | None) -> Callable[[dict], None] | None:
+def _events(label: str, log: Callable[[str], None] | None, every_s: float = PROGRESS_EVERY_S) -> Callable[[dict], None] | None:
     """A crafting / surrogate-training callback that logs the coarse events (epochs, passes,
-    validations), not every step."""
+    validations, the time estimate) and, inside a pass or epoch, a progress line every ``every_s``
+    seconds (steps, batches, iterations)."""
     if log is None:
         return None
+    last = [time.perf_counter()]
 
     def callback(ev: dict) -> None:
-        if ev.get("event") not in ("epoch", "pass", "val", "halve"):
+        kind = ev.get("event")
+        if kind == "estimate":
+            log(f"  {label}: estimated {ev['estimate_s']:.0f} s (rough estimate: {ev.get('basis', '')})")
+            return
+        if kind in ("batch", "iter", "step"):
+            now = time.perf_counter()
+            if now - last[0] < every_s:
+                return
+            last[0] = now
+        elif kind not in ("epoch", "pass", "val", "halve"):
             return
         parts = [f"{k} {ev[k]:.3f}" if isinstance(ev[k], float) else f"{k} {ev[k]}" for k in _EVENT_FIELDS if k in ev]
         log(f"  {label} {ev['event']}: " + ", ".join(parts))
@@ -398,7 +424,7 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
 
     def train_surrogate(arch: str, data_root: Path, out: Path, preset: str, device: str, **options) -> Path:
         return surrogate.train_surrogate(arch, data_root, out, preset=preset, device=device, resume=True,
-                                         callback=_events(arch, log), **options)
+                                         callback=_events(arch, log), overwrite=True, **options)
 
     def craft(name, data_root, source_model, surrogate_ckpts, out_dir, device, preset):
         return recipes.craft_shipped(name, data_root, source_model, surrogate_ckpts, out_dir, device, preset=preset,
@@ -417,5 +443,6 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
         generate=generate, train=train, export=export, train_surrogate=train_surrogate, craft=craft,
         evaluate=evaluate, report=report, write_expected=results.write_expected,
         model_names=tuple(zoo.ZOO_NAMES), perturbation_names=tuple(recipes.SHIPPED),
+        gduap_source=recipes.GDUAP_SOURCE, gduap_names=tuple(n for n, r in recipes.SHIPPED.items() if r.kind == "gd-uap"),
         surrogate_archs=tuple(surrogate.SURROGATE_ARCHS), stage2_from=dict(training.recipes.STAGE2_FROM),
     )

@@ -247,7 +247,11 @@ def test_craft_gd_uap_cli_with_a_checkpoint(synth_micro_root, tmp_path, capsys):
                  "--out", str(out), "--preset", "tiny", "--size", "24", "24", "--max-iters", "3", "--val-every", "2",
                  "--val-images", "2", "--device", "cpu", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["meta"]["source_model"]["sha256"] and info["meta"]["config"]["size"] == [24, 24]
+    assert info["meta"]["config"]["size"] == [24, 24]
+    # the sha256 of the exact file crafted on (what the report compares with each evaluated model's)
+    from robustbench_seg.io import sha256_file
+
+    assert info["meta"]["source_model"]["sha256"] == sha256_file(ckpt)
     assert main(["craft", "gd-uap", "--source", str(ckpt), "--prior", "none", "--data", str(synth_micro_root),
-                 "--out", str(out), "--layers", "nope.relu", "--max-iters", "1"]) == 2
+                 "--out", str(out), "--layers", "nope.relu", "--max-iters", "1", "--overwrite"]) == 2
     assert "no module named" in capsys.readouterr().err

@@ -36,14 +36,15 @@ def test_lts4_mat_whc_default(public_perturbations_dir, tmp_path, fname):
     pert = import_perturbation("lts4-mat", src, tmp_path / "uap")
     a = pert.array
     assert a.shape == (3, 224, 224) and a.dtype == np.float32
-    # out[c, y, x] == r[x, y, c], element-wise
+    # default: Caffe's BGR W x H x C input space -> out[c, y, x] == r[x, y, 2 - c], element-wise
     c, y, x = np.meshgrid(np.arange(3), np.arange(224), np.arange(224), indexing="ij")
-    assert np.array_equal(a, r[x, y, c])
-    assert a[1, 5, 200] == r[200, 5, 1] and a[0, 223, 0] == r[0, 223, 0]
+    assert np.array_equal(a, r[x, y, 2 - c])
+    assert a[1, 5, 200] == r[200, 5, 1] and a[0, 223, 0] == r[0, 223, 2] and a[2, 0, 7] == r[7, 0, 0]
     m = pert.meta
+    assert m["channels"] == "bgr" and m["conversion"]["channel_order"] == "bgr"
     assert m["source_sha256"] == PUBLISHED_SHA256[fname]
     assert m["source_format"] == "lts4-mat" and m["method"] == "uap" and m["xi"] == 10.0 and m["norm"] == "inf"
-    assert m["conversion"]["axes"] == "whc" and m["conversion"]["formula"] == "out[c, y, x] = r[x, y, c]"
+    assert m["conversion"]["axes"] == "whc" and m["conversion"]["formula"] == "out[c, y, x] = r[x, y, 2 - c]"
     assert m["size"] == [224, 224] and m["imported"] is True
     # reload through the suite's loader: same values, json on disk
     again = load_perturbation(tmp_path / "uap.npy")
@@ -53,7 +54,7 @@ def test_lts4_mat_whc_default(public_perturbations_dir, tmp_path, fname):
 def test_lts4_mat_hwc_option(public_perturbations_dir, tmp_path):
     src = public_perturbations_dir / "ResNet-152.mat"
     r = scipy.io.loadmat(str(src))["r"]
-    a = import_perturbation("lts4-mat", src, tmp_path / "hwc", axes="hwc").array
+    a = import_perturbation("lts4-mat", src, tmp_path / "hwc", axes="hwc", channels="rgb").array
     assert np.array_equal(a, np.transpose(r, (2, 0, 1)))  # out[c, y, x] == r[y, x, c]
     assert a[2, 7, 100] == r[7, 100, 2]
 
@@ -83,8 +84,12 @@ def test_torch_chw_unit_scale(public_perturbations_dir, tmp_path):
     assert np.array_equal(a, (raw[0].astype(np.float64) * 255.0).astype(np.float32))
     assert abs(float(np.abs(a).max()) - 10.0) < 1e-4
     assert pert.meta["conversion"]["multiplier"] == 255.0 and pert.meta["source_sha256"] == PUBLISHED_SHA256[src.name]
-    # the same file declared as 0-255 units: values stay tiny and are accepted as such
-    b = import_perturbation("torch-chw", src, tmp_path / "pt255", scale=255).array
+    # the same file declared as 0-255 units: max |v| 0.04 is a wrong --scale, not a UAP: refused ...
+    with pytest.raises(PerturbationError, match=r"below 0\.5"):
+        import_perturbation("torch-chw", src, tmp_path / "pt255", scale=255)
+    assert not (tmp_path / "pt255.npy").exists()
+    # ... unless the user insists
+    b = import_perturbation("torch-chw", src, tmp_path / "pt255", scale=255, allow_any_magnitude=True).array
     assert np.array_equal(b, raw[0])
 
 
@@ -114,7 +119,7 @@ def test_gduap_segmentation_nchw_variant(tmp_path):
 
 
 def test_gduap_ambiguous_layout_needs_axes(tmp_path):
-    np.save(tmp_path / "amb.npy", np.zeros((1, 3, 4, 3), np.float32))
+    np.save(tmp_path / "amb.npy", np.full((1, 3, 4, 3), 5.0, np.float32))
     with pytest.raises(PerturbationError, match="ambiguous"):
         convert("gduap-npy", tmp_path / "amb.npy")
     a = convert("gduap-npy", tmp_path / "amb.npy", axes="nchw").array
@@ -206,7 +211,7 @@ def test_cli_import_show_list(public_perturbations_dir, tmp_path, capsys):
     assert main(["perturbation", "import", "--format", "lts4-mat", str(public_perturbations_dir / "ResNet-152.mat"),
                  "--out", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["meta"]["conversion"]["formula"] == "out[c, y, x] = r[x, y, c]"
+    assert info["meta"]["conversion"]["formula"] == "out[c, y, x] = r[x, y, 2 - c]" and info["meta"]["channels"] == "bgr"
     png = tmp_path / "preview.png"
     assert main(["perturbation", "show", str(out) + ".npy", "--png", str(png)]) == 0
     text = capsys.readouterr().out
@@ -240,3 +245,97 @@ def test_preview_visualisation_centres_on_128():
     img = visualise(a)
     assert img.shape == (2, 2, 3) and img[0, 0, 0] == 255 and img[1, 1, 1] == 128 - 64 and img[0, 1, 2] == 128
     assert (visualise(np.zeros((3, 2, 2), np.float32)) == 128).all()
+
+
+# --- issue 10: channel order, magnitude, overwrites, output folder ------------------------------------
+
+def test_lts4_channels_bgr_swaps_channels_0_and_2_and_rgb_keeps_them(tmp_path, capsys):
+    """A hand-made W x H x C file whose channels are constant 1, 2, 3: bgr (the default) reads
+    channel 0 of the file as blue (out channel 2), rgb keeps the order; the choice is recorded."""
+    r = np.zeros((5, 4, 3), np.float32)  # W 5, H 4
+    r[..., 0], r[..., 1], r[..., 2] = 1.0, 2.0, 3.0
+    r[2, 1, 0] = 7.0  # x 2, y 1, file channel 0
+    src = _mat(tmp_path / "hand.mat", r=r)
+    bgr = import_perturbation("lts4-mat", src, tmp_path / "bgr")
+    rgb = import_perturbation("lts4-mat", src, tmp_path / "rgb", channels="rgb")
+    assert bgr.array.shape == rgb.array.shape == (3, 4, 5)
+    assert [float(bgr.array[c, 0, 0]) for c in range(3)] == [3.0, 2.0, 1.0]
+    assert [float(rgb.array[c, 0, 0]) for c in range(3)] == [1.0, 2.0, 3.0]
+    assert bgr.array[2, 1, 2] == 7.0 and rgb.array[0, 1, 2] == 7.0
+    assert bgr.meta["channels"] == "bgr" and rgb.meta["channels"] == "rgb"
+    assert json.loads((tmp_path / "bgr.json").read_text())["conversion"]["channel_order"] == "bgr"
+    assert main(["perturbation", "import", "--format", "lts4-mat", str(src), "--out", str(tmp_path / "cli"),
+                 "--channels", "rgb", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["channels"] == "rgb"
+    with pytest.raises(PerturbationError, match="--channels must be rgb or bgr"):
+        convert("lts4-mat", src, channels="gbr")
+
+
+def test_gduap_npy_import_of_a_tiny_max_is_refused_as_a_wrong_format(tmp_path, capsys):
+    a = np.full((1, 8, 8, 3), 0.04, np.float32)  # a [0, 1]-unit file read as 0-255 units
+    np.save(tmp_path / "small.npy", a)
+    with pytest.raises(PerturbationError, match=r"small\.npy: max \|value\| after conversion is 0\.04.*below 0\.5"):
+        import_perturbation("gduap-npy", tmp_path / "small.npy", tmp_path / "out")
+    assert main(["perturbation", "import", "--format", "gduap-npy", str(tmp_path / "small.npy"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "below 0.5" in err[0]
+    assert main(["perturbation", "import", "--format", "gduap-npy", str(tmp_path / "small.npy"), "--out", str(tmp_path / "o"),
+                 "--allow-any-magnitude", "--json"]) == 0
+    capsys.readouterr()
+
+
+def test_import_refuses_an_existing_out_unless_overwrite(tmp_path, capsys):
+    src = _mat(tmp_path / "a.mat", r=np.full((4, 4, 3), 5.0, np.float32))
+    (tmp_path / "keep.npy").write_bytes(b"unrelated data")
+    with pytest.raises(Exception, match="already exists; pass --overwrite"):
+        import_perturbation("lts4-mat", src, tmp_path / "keep")
+    assert (tmp_path / "keep.npy").read_bytes() == b"unrelated data"
+    assert main(["perturbation", "import", "--format", "lts4-mat", str(src), "--out", str(tmp_path / "keep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "keep.npy" in err[0]
+    assert main(["perturbation", "import", "--format", "lts4-mat", str(src), "--out", str(tmp_path / "keep"), "--overwrite"]) == 0
+    assert load_perturbation(tmp_path / "keep.npy").max_abs == 5.0
+
+
+def test_bare_out_name_writes_to_the_current_folder_never_the_shipped_one(tmp_path, monkeypatch, capsys):
+    from robustbench_seg.attacks.perturbation import resolve_output_path
+    from robustbench_seg.paths import shipped_perturbations_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_output_path("uap-resnet") == Path("uap-resnet.npy")
+    src = _mat(tmp_path / "a.mat", r=np.full((4, 4, 3), 5.0, np.float32))
+    shipped = shipped_perturbations_dir() / "uap-resnet.npy"
+    before = shipped.read_bytes() if shipped.is_file() else None
+    assert main(["perturbation", "import", "--format", "lts4-mat", str(src), "--out", "uap-resnet"]) == 0
+    assert (tmp_path / "uap-resnet.npy").is_file() and (tmp_path / "uap-resnet.json").is_file()
+    assert (shipped.read_bytes() if shipped.is_file() else None) == before
+
+
+def test_load_perturbation_magnitude_checks_and_max_abs(tmp_path):
+    from robustbench_seg.attacks.perturbation import save_perturbation
+
+    np.save(tmp_path / "huge.npy", np.full((3, 4, 4), 100.0, np.float32))  # no sidecar, +-100
+    with pytest.raises(PerturbationError, match=r"huge\.npy: max \|value\| 100 exceeds 32.*--allow-any-magnitude"):
+        load_perturbation(tmp_path / "huge.npy")
+    np.save(tmp_path / "unit.npy", np.full((3, 4, 4), 10 / 255, np.float32))  # [0, 1] units, no sidecar
+    with pytest.raises(PerturbationError, match="below 0.5"):
+        load_perturbation(tmp_path / "unit.npy")
+    assert load_perturbation(tmp_path / "huge.npy", allow_any_magnitude=True).max_abs == 100.0
+    assert load_perturbation(tmp_path / "unit.npy", allow_any_magnitude=True).max_abs == pytest.approx(10 / 255)
+    np.save(tmp_path / "ok.npy", np.full((3, 4, 4), -8.0, np.float32))
+    assert load_perturbation(tmp_path / "ok.npy").max_abs == 8.0
+    # a sidecar that states xi = 4 while the array reaches 8: refused (and without a check when allowed)
+    save_perturbation(tmp_path / "lie.npy", np.full((3, 4, 4), 3.0, np.float32), {"method": "uap", "norm": "inf", "xi": 10})
+    np.save(tmp_path / "lie.npy", np.full((3, 4, 4), 8.0, np.float32))
+    meta = json.loads((tmp_path / "lie.json").read_text())
+    meta["xi"] = 4
+    (tmp_path / "lie.json").write_text(json.dumps(meta))
+    with pytest.raises(PerturbationError, match="exceeds the stated xi = 4"):
+        load_perturbation(tmp_path / "lie.npy")
+    assert load_perturbation(tmp_path / "lie.npy", allow_any_magnitude=True).max_abs == 8.0
+
+
+def test_perturbation_list_of_a_missing_folder_fails_with_one_line(tmp_path, capsys):
+    assert main(["perturbation", "list", "--dir", str(tmp_path / "nonexistent")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nonexistent" in err[0] and "no such folder" in err[0]

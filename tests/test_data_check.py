@@ -174,7 +174,7 @@ def test_split_sizes_partial_warning_strict_error_and_near_complete_error(tmp_pa
     assert rep.ok and {w.file for w in rep.warnings} == {
         f"ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval", "train_aug")}
     strict = problems(t.root, strict_sizes=True)
-    assert ("ImageSets/Segmentation/val.txt", "1 ids listed, real VOC 2012 val has 1,449") in strict
+    assert ("ImageSets/Segmentation/val.txt", "1 id listed, real VOC 2012 val has 1,449") in strict
     # a val list with more than half the real ids but not all of them is a damaged list: an error
     ids = [f"2009_{k:06d}" for k in range(800)]
     mask = stripes([0, P], h=2, w=2)

@@ -11,6 +11,7 @@ from robustbench_seg.cli import main
 from robustbench_seg.constants import CLASS_INDEX, NUM_CLASSES, VOC_CLASSES
 from robustbench_seg.data.subsets import (
     SUBSET_NAMES,
+    CooccurSplitMissing,
     compute_subsets,
     cooccurrence_subsets,
     max_pair_count,
@@ -119,13 +120,45 @@ def test_cooccur_splits_option_and_fallback(tree):
     only_val = compute_subsets(tree.root, cooccur_splits=("val",))
     assert only_val.cooccurrence[P, HORSE] == 1
     assert "2008_00000A" in only_val.subsets["cooc10"]
-    fallback = compute_subsets(tree.root, cooccur_splits=("train_aug", "trainval"))
+    with pytest.warns(CooccurSplitMissing, match="trainval"):
+        fallback = compute_subsets(tree.root, cooccur_splits=("train_aug", "trainval"))
     assert fallback.cooccur_splits == ["train_aug"] and fallback.requested_cooccur_splits == ["train_aug", "trainval"]
     assert fallback.cooccurrence[P, HORSE] == 12
-    none = compute_subsets(tree.root, cooccur_splits=("nosuchsplit",))
+    with pytest.warns(CooccurSplitMissing, match="nosuchsplit"):
+        none = compute_subsets(tree.root, cooccur_splits=("nosuchsplit",))
     assert all(f"cooc{t}" in none.unavailable for t in (50, 40, 30, 20, 10))
     assert not any(name.startswith("cooc") for name in none.subsets)
     assert "nosuchsplit" in none.unavailable["cooc50"] and none.cooccur_splits == []
+
+
+def test_missing_cooccur_split_is_recorded_and_warned(tree):
+    with pytest.warns(CooccurSplitMissing) as caught:
+        rep = compute_subsets(tree.root, cooccur_splits=("train_aug", "trainval", "val"))
+    assert rep.cooccur_splits_used == ["train_aug", "val"] and rep.cooccur_splits_missing == ["trainval"]
+    messages = [str(w.message) for w in caught if issubclass(w.category, CooccurSplitMissing)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert str(tree.root / "ImageSets" / "Segmentation" / "trainval.txt") in messages[0]
+    js = rep.to_json()
+    assert js["cooccur_splits_used"] == ["train_aug", "val"] and js["cooccur_splits_missing"] == ["trainval"]
+
+
+def test_no_warning_when_every_cooccur_split_exists(tree, recwarn):
+    rep = compute_subsets(tree.root)
+    assert rep.cooccur_splits_used == ["train_aug", "val"] and rep.cooccur_splits_missing == []
+    assert not [w for w in recwarn if issubclass(w.category, CooccurSplitMissing)]
+
+
+def test_cli_subsets_json_reports_missing_cooccur_split_and_warns_one_line(tree, capsys):
+    assert main(["data", "subsets", "--data", str(tree.root), "--cooccur-splits", "train_aug,trainval",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["cooccur_splits_used"] == ["train_aug"] and out["cooccur_splits_missing"] == ["trainval"]
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rbseg: warning:") and "trainval.txt" in lines[0]
+    assert main(["data", "subsets", "--data", str(tree.root), "--cooccur-splits", "train_aug,trainval"]) == 0
+    captured = capsys.readouterr()
+    assert "trainval.txt" in captured.err and "left out: trainval" in captured.out
 
 
 def test_ids_in_several_cooccur_splits_count_once(tmp_path):
@@ -174,7 +207,8 @@ def test_missing_xml_for_some_images_is_unavailable_not_empty(tmp_path):
     assert not any(n in rep.subsets for n in ("occ1", "occall", "obj1", "obj2", "obj3", "obj4"))
     assert rep.subsets["only-car"] == ["2008_000002", "2008_000003"]
     js = rep.to_json()
-    assert set(js) == {"split", "subsets", "unavailable", "cooccurrence"}
+    assert set(js) == {"split", "subsets", "unavailable", "cooccur_splits_used", "cooccur_splits_missing",
+                       "cooccurrence"}
     assert "occ1" not in js["subsets"] and "occ1" in js["unavailable"]
 
 
@@ -190,7 +224,9 @@ def test_instance_masks_without_xml_still_give_object_counts(tmp_path):
 def test_to_json_shape_and_cli(tree, capsys):
     rep = compute_subsets(tree.root)
     js = rep.to_json()
-    assert set(js) == {"split", "subsets", "unavailable", "cooccurrence"}
+    assert set(js) == {"split", "subsets", "unavailable", "cooccur_splits_used", "cooccur_splits_missing",
+                       "cooccurrence"}
+    assert js["cooccur_splits_used"] == ["train_aug", "val"] and js["cooccur_splits_missing"] == []
     assert js["cooccurrence"]["classes"] == list(VOC_CLASSES)
     assert js["cooccurrence"]["splits"] == ["train_aug", "val"]
     assert np.array_equal(np.array(js["cooccurrence"]["matrix"]), rep.cooccurrence)

@@ -237,8 +237,9 @@ def test_interrupted_run_resumes(same_size_tree, perts, tmp_path):
 
     model = TinyNet()
     model.fail_after = 5  # 2 inputs per batch: fails during the third batch
-    with pytest.raises(RuntimeError, match="simulated"):
+    with pytest.raises(RbsegError, match="simulated") as info:  # the model's error, as one line
         evaluate(model, same_size_tree, out=tmp_path / "res", **kw)
+    assert isinstance(info.value.__cause__, RuntimeError)
     partial = list((tmp_path / "res").rglob(".partial-*.pt"))
     assert len(partial) == 1
     assert load_results(tmp_path / "res") == []

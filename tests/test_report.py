@@ -20,6 +20,8 @@ from robustbench_seg.reports.inputs import ResultIndex, load_result_index, selec
 
 ZOO = list(spec.METHOD_LABELS)
 PERTS = list(spec.TABLE4_COLUMNS)
+# the role each shipped perturbation records (Table 4 matches columns by it, not by file name)
+ROLE_META = {p: {"table4_column": " ".join(x for x in spec.TABLE4_COLUMNS[p] if x)} for p in PERTS[1:]}
 
 
 # --- a small factory of rbseg-result/1 records ---------------------------------------------------
@@ -39,7 +41,8 @@ def make_record(model: str, perturbation: str = "clean", split: str = "val", mio
     return {
         "schema": "rbseg-result/1",
         "model": {"name": model, "sha256": "a" * 64, "arch": "deeplabv3_tiny", "method": model, "config": {}},
-        "perturbation": {"name": perturbation, "sha256": None if perturbation == "clean" else "b" * 64, "meta": {}},
+        "perturbation": {"name": perturbation, "sha256": None if perturbation == "clean" else "b" * 64,
+                         "meta": dict(ROLE_META.get(perturbation, {}))},
         "protocol": {"dataset": dataset, "data_root": data_root, "data_fingerprint": "f" * 32, "split": split,
                      "fit": fit, "clip": clip, "dtype": dtype, "device": "cpu", "batch_size": 8,
                      "package_version": "0.1.0", "torch": "2", "torchvision": "0", "seed": 0},
@@ -91,7 +94,7 @@ def cell(table: tables.Table, row_key: str, column_flat: str):
 def test_values_land_in_the_right_cells():
     index = ResultIndex.from_records(full_records())
     t1 = tables.table1(index)
-    assert [r.key for r in t1.rows] == [f"val/{m}" for m in spec.MAIN_METHODS]
+    assert [r.key for r in t1.rows] == [f"val/{m}" for m in spec.MAIN_METHODS + spec.SEGMIX_METHODS]
     for m in spec.MAIN_METHODS:
         assert cell(t1, f"val/{m}", "mIoU (%)") == value(m)
     assert t1.complete
@@ -132,7 +135,7 @@ def test_values_land_in_the_right_cells():
 def test_best_value_is_bold_within_column_and_within_row_for_table5a():
     index = ResultIndex.from_records(full_records())
     md = tables.to_markdown(tables.table4(index))
-    best_clean = max(value(m) for m in spec.MAIN_METHODS)
+    best_clean = max(value(m) for m in spec.MAIN_METHODS + spec.SEGMIX_METHODS)
     assert f"**{best_clean:.1f}**" in md
     assert md.count("**") == 2 * len(spec.TABLE4_COLUMNS)  # one best per column (values are distinct)
     md5a = tables.to_markdown(tables.table5a(index))
@@ -239,7 +242,8 @@ def test_figure4_from_results(tmp_path):
     assert set(fig.files) == {"png", "pdf"}
     assert Image.open(fig.files["png"]).size[0] > 100
     assert fig.files["pdf"].read_bytes().startswith(b"%PDF")
-    assert fig.data == {m: [value(m, "clean", s) for s in spec.FIGURE4_SUBSETS.values()] for m in spec.MAIN_METHODS}
+    methods = spec.MAIN_METHODS + spec.SEGMIX_METHODS  # SegMix has results here, so it gets a line
+    assert fig.data == {m: [value(m, "clean", s) for s in spec.FIGURE4_SUBSETS.values()] for m in methods}
     # same input, same bytes (no timestamps in the files)
     again = figures.figure4(index, tmp_path / "again")
     assert again.files["png"].read_bytes() == fig.files["png"].read_bytes()
@@ -386,7 +390,9 @@ def test_report_end_to_end_with_the_engine_and_module_models(synth_micro_root, t
                  model_name=m, progress=False)
     evaluate("test_report:fake_binding", data_root=synth_micro_root, split="ooc", perturbations="none", device="cpu",
              out=results, model_name="binding", progress=False)
-    summary = build_report(results, tmp_path / "reports")
+    # module:function models are never imported from the results: the caller hands them over
+    given = {m: globals()[f"fake_{m}"]() for m in spec.MAIN_METHODS}
+    summary = build_report(results, tmp_path / "reports", models=given)
     assert summary.data_root == str(synth_micro_root)
     assert all(f.written for f in summary.figures), [(f.key, f.skipped) for f in summary.figures]
     assert set(summary.models) == set(spec.MAIN_METHODS)

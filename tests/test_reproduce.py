@@ -70,7 +70,7 @@ class FakePipeline:
         return Path(out) / "surrogate.pt"
 
     def craft(self, name, data_root, source_model, surrogate_ckpts, out_dir, device, preset):
-        self._call("craft", name, Path(source_model).name, tuple(sorted(surrogate_ckpts)))
+        self._call("craft", name, Path(source_model).name, tuple(sorted(surrogate_ckpts)), preset)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / f"{name}.npy").write_bytes(b"npy")
         (Path(out_dir) / f"{name}.json").write_text("{}")
@@ -108,14 +108,21 @@ def test_full_run_plans_every_stage_in_order_and_writes_the_shipped_layout(tmp_p
     fake = FakePipeline()
     summary = reproduce("micro", out=tmp_path, components=fake.components())
     kinds = fake.kinds()
-    expected_order = (["generate"] + ["train"] * 10 + ["export"] * 10 + ["surrogate"] * 2 + ["craft"] * 5
-                      + ["evaluate"] * 12 + ["report", "expected"])
+    n = len(ZOO)
+    expected_order = (["generate"] + ["train"] * (n + 1) + ["export"] * (n + 1) + ["surrogate"] * 2 + ["craft"] * 5
+                      + ["evaluate"] * (n + 2) + ["report", "expected"])
     assert kinds == expected_order
     assert fake.calls[0] == ("generate", "micro", 0)
-    assert [c[1] for c in fake.calls if c[0] == "train"] == list(ZOO)
+    # the GD-UAP source model is trained and exported after the zoo, and never evaluated
+    assert [c[1] for c in fake.calls if c[0] == "train"] == [*ZOO, "gduap-source"]
+    assert [c[1] for c in fake.calls if c[0] == "export"] == [*ZOO, "gduap-source"]
+    assert "gduap-source" not in {c[1] for c in fake.calls if c[0] == "evaluate"}
     assert all(c[2:] == ("tiny", ("batch_size", "stage2_steps", "steps")) for c in fake.calls if c[0] == "train")
-    # GD-UAP's source is the exported baseline; every craft sees both surrogates
-    assert {c[2:] for c in fake.calls if c[0] == "craft"} == {("baseline.pt", tuple(sorted(ARCHS)))}
+    # the GD-UAPs are crafted on the exported gduap-source (not an evaluated row), with the micro crafting preset;
+    # every craft sees both surrogates
+    crafts = {c[1]: c[2:] for c in fake.calls if c[0] == "craft"}
+    assert {crafts[p][0] for p in PERTS if p.startswith("gduap")} == {"gduap-source.pt"}
+    assert all(c[1] == tuple(sorted(ARCHS)) and c[2] == "micro" for c in crafts.values())
     evals = [c for c in fake.calls if c[0] == "evaluate"]
     assert [(c[1], c[2]) for c in evals if c[2] == "ooc"] == [("baseline", "ooc"), ("binding", "ooc")]
     assert all(c[3] == PERTS for c in evals if c[2] == "val") and all(c[3] == () for c in evals if c[2] == "ooc")
@@ -130,7 +137,7 @@ def test_full_run_plans_every_stage_in_order_and_writes_the_shipped_layout(tmp_p
     assert summary.data_root == str(tmp_path / "data" / "VOC2012")
     rows = {r["stage"]: r for r in summary.stage_rows()}
     assert list(rows) == list(STAGES)
-    assert rows["train"]["ran"] == 10 and rows["evaluate"]["ran"] == 12 and all(r["skipped"] == 0 for r in rows.values())
+    assert rows["train"]["ran"] == n + 1 and rows["evaluate"]["ran"] == n + 2 and all(r["skipped"] == 0 for r in rows.values())
     js = summary.to_json()
     assert js["preset"] == "micro" and len(js["steps"]) == len(expected_order)
 
@@ -144,7 +151,7 @@ def test_second_run_needs_resume_and_then_skips_everything(tmp_path):
     summary = reproduce("micro", out=tmp_path, resume=True, components=fake.components(), log=lines.append)
     assert fake.calls == []
     assert all(s.status == "skipped" for s in summary.steps)
-    assert "train: 10 step(s) done already (skipped)" in lines and len(lines) == len(STAGES)
+    assert f"train: {len(ZOO) + 1} step(s) done already (skipped)" in lines and len(lines) == len(STAGES)
     with pytest.raises(RbsegError, match="choose another --out"):
         reproduce("tiny", out=tmp_path, resume=True, components=FakePipeline().components())
 
@@ -160,7 +167,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     kinds = again.kinds()
     assert "train" not in kinds and "export" not in kinds and "surrogate" not in kinds and "generate" not in kinds
     assert [c[1] for c in again.calls if c[0] == "craft"] == ["gduap-rno", "gduap-rall", "gduap-rpart"]
-    assert kinds.count("evaluate") == 12 and kinds[-2:] == ["report", "expected"]
+    assert kinds.count("evaluate") == len(ZOO) + 2 and kinds[-2:] == ["report", "expected"]
 
 
 def test_a_lost_output_reruns_its_step_and_the_steps_that_depend_on_it(tmp_path):
@@ -210,10 +217,21 @@ def test_a_stage2_model_trains_after_its_stage1_model_and_follows_it(tmp_path):
     fake = FakePipeline()
     reproduce("micro", out=tmp_path, components=components(fake))
     order = [c[1] for c in fake.calls if c[0] == "train"]
-    assert order == [n for n in ZOO if n != "binding"] + ["binding"]
+    assert order == [n for n in ZOO if n != "binding"] + ["gduap-source", "binding"]
     assert [c[3] for c in fake.calls if c[:2] == ("train", "binding")] == [("batch_size", "stage2_from", "stage2_steps", "steps")]
     (tmp_path / "work" / "train" / "binding-no-denoise" / "last.pt").unlink()
     again = FakePipeline()
     reproduce("micro", out=tmp_path, resume=True, components=components(again))
     assert [c[1] for c in again.calls if c[0] == "train"] == ["binding-no-denoise", "binding"]
     assert {c[1] for c in again.calls if c[0] == "export"} == {"binding-no-denoise", "binding"}
+
+
+def test_a_lost_gduap_source_recrafts_only_the_gduaps(tmp_path):
+    """issue 10: the GD-UAPs depend on the gduap-source model (its own train and export steps), the UAPs do not."""
+    reproduce("micro", out=tmp_path, components=FakePipeline().components())
+    (tmp_path / "work" / "train" / "gduap-source" / "last.pt").unlink()
+    fake = FakePipeline()
+    reproduce("micro", out=tmp_path, resume=True, components=fake.components())
+    assert [c[:2] for c in fake.calls if c[0] in ("train", "export")] == [("train", "gduap-source"), ("export", "gduap-source")]
+    assert [c[1] for c in fake.calls if c[0] == "craft"] == ["gduap-rno", "gduap-rall", "gduap-rpart"]
+    assert "gduap-source" not in {c[1] for c in fake.calls if c[0] == "evaluate"}

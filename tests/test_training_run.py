@@ -49,8 +49,14 @@ def test_two_step_smoke_run_of_every_blend(synth_micro_root, tmp_path, opts):
     out = train(cfg(synth_micro_root, tmp_path / "b.pt", method="binding", denoise=False, **opts))
     ck = read_checkpoint(out)
     assert ck["progress"]["finished"] and list(ck["progress"]["seconds"]) == ["stage1"]
-    for key, value in opts.items():
-        assert ck["training"][key] == (list(value) if isinstance(value, tuple) else value)
+    expected = {key: (list(value) if isinstance(value, tuple) else value) for key, value in opts.items()}
+    if expected.get("fbh") is False:  # no FBH: its width did not run and is not recorded
+        assert "fbh_hidden" not in ck["training"]
+        expected.pop("fbh_hidden")
+    if "amp_dtype" in expected:  # the resolved dtype is recorded
+        expected["amp_dtype"] = {"fp16": "float16", "bf16": "bfloat16"}[expected["amp_dtype"]]
+    for key, value in expected.items():
+        assert ck["training"][key] == value
     assert ck["model"]["fbh"] == opts.get("fbh", True)
 
 
@@ -184,6 +190,13 @@ def test_torchrun_ddp_two_processes(synth_micro_root, tmp_path):
     assert ck["progress"]["finished"] and ck["progress"]["global_step"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ddp.pt"]  # no stray temporary files from a second writer
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    # the world size is recorded, and a resume with another one (here: 1 process) is refused
+    assert ck["progress"]["world_size"] == 2 and ck["training"]["world_size"] == 2
+    assert ck["training"]["global_batch_size"] == 6
+    with pytest.raises(RbsegError, match="with 1 process.*trained with 2"):
+        train(TrainConfig(method="binding", blend="mfb", pairs_per_image=2, data=str(synth_micro_root), out=str(out),
+                          steps=3, stage2_steps=2, crop=32, batch_size=3, device="cpu", val_split=None, progress=False,
+                          resume=True))
 
 
 def test_binding_recipe_is_stage2_of_the_no_denoise_recipe(synth_micro_root, tmp_path):
@@ -191,7 +204,7 @@ def test_binding_recipe_is_stage2_of_the_no_denoise_recipe(synth_micro_root, tmp
     from robustbench_seg.training import train_recipe
     from robustbench_seg.training.recipes import STAGE2_FROM, recipe_command
 
-    assert STAGE2_FROM == {"binding": "binding-no-denoise"}
+    assert STAGE2_FROM["binding"] == "binding-no-denoise"
     opts = dict(crop=32, batch_size=4, steps=2, stage2_steps=2, val_split=None, num_workers=0, checkpoint_every=None,
                 pairs_per_image=1, fbh_hidden=8)
     out = train_recipe("binding", synth_micro_root, tmp_path / "train" / "binding", device="cpu", progress=False, **opts)

@@ -30,6 +30,14 @@ one, so a saturated ``v`` is scored before it is halved): segmentation fooling r
 ``1 - mIoU(prediction on x + v, prediction on x)`` over the validation images at full resolution
 (``fit`` / ``clip`` as in evaluation; mIoU from :mod:`robustbench_seg.evaluation.metric`); the
 best ``v`` is kept; ``patience`` validations without improvement stop the run.
+
+Validation data (``val_data``; the authors validated on 1,000 held-out ILSVRC images, never on the
+prior's data): ``heldout`` = ``val_images`` images of ``val_split`` (default: the prior split),
+removed from the prior's images, so the two are disjoint; ``range`` = ``val_images`` samples of the
+range prior (Gaussian noise images, a fixed seed), no dataset image at all; ``auto`` (default) =
+``heldout`` for the data priors (``all``, ``partial``) or when ``val_split`` is named, and ``range``
+for the data-free ones (``none``, ``range``), so R-No is never selected on target-domain images by
+default.
 """
 from __future__ import annotations
 
@@ -52,11 +60,13 @@ from ..data import voc
 from ..data.transforms import normalize
 from ..errors import CheckpointError, RbsegError
 from ..evaluation.metric import confusion_matrix, metrics_from_confusion
-from ..io import atomic_torch_save, ids_hash, safe_torch_load
+from ..io import ids_hash, safe_torch_load, sha256_file
 from .apply import DEFAULT_CLIP, DEFAULT_FIT, FitMode, apply_perturbation
-from .perturbation import Perturbation, save_perturbation
+from .perturbation import Perturbation
+from .uap import prepare_output, save_state as _save_state_file, write_result
 
 PRIORS = ("none", "range", "partial", "all")
+VAL_DATA = ("auto", "heldout", "range")
 PRIOR_LABELS = {"none": "R-No", "range": "R-Range", "partial": "R-Part", "all": "R-All"}
 RANGE_STD_255 = (62.0, 58.0, 52.0)  # RGB; the authors' BGR (52, 58, 62)
 NORM_FLOOR = 1e-12  # log(max(||A||, floor)): an all-zero activation gives a finite loss
@@ -72,7 +82,8 @@ class GDUAPConfig:
     batch_size: int = 8  # prior samples per iteration (range / partial / all)
     val_every: int = 400
     val_images: int = 64
-    val_split: str = "train"
+    val_split: str | None = None  # heldout validation images come from this split (None: the prior split)
+    val_data: str = "auto"  # auto | heldout | range (see the module docstring)
     patience: int = 10
     sat_threshold: float = 0.5
     sat_tol: float = 1e-5
@@ -93,6 +104,10 @@ class GDUAPConfig:
             self.layers = tuple(self.layers)
         if self.xi <= 0 or self.max_iters < 1 or self.val_every < 1 or self.patience < 1 or self.sat_interval < 1:
             raise RbsegError("need xi > 0 and max_iters, val_every, patience, sat_interval >= 1")
+        if self.val_data not in VAL_DATA:
+            raise RbsegError(f"val_data must be one of {', '.join(VAL_DATA)}, got '{self.val_data}'")
+        if self.val_images < 1:
+            raise RbsegError("need val_images >= 1")
         if not 0 < self.partial_fraction <= 1:
             raise RbsegError(f"partial_fraction must be in (0, 1], got {self.partial_fraction}")
 
@@ -184,10 +199,12 @@ def background_fraction(mask: np.ndarray) -> float:
     return float((mask[valid] == 0).sum()) / n if n else 1.0
 
 
-def partial_ids(root: Path, split: str, fraction: float = 0.1) -> list[str]:
+def partial_ids(root: Path, split: str, fraction: float = 0.1, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """The ``fraction`` of ``split`` (at least one image) with the smallest background fraction
-    (ties broken by id)."""
-    ids = voc.read_split(root, split)
+    (ties broken by id); ``exclude``: ids held out first (the validation images)."""
+    ids = [i for i in voc.read_split(root, split) if i not in exclude]
+    if not ids:
+        return []
     scored = sorted((background_fraction(voc.read_mask(voc.mask_path(root, i, split))), i) for i in ids)
     k = max(1, int(round(fraction * len(scored))))
     return sorted(i for _, i in scored[:k])
@@ -259,24 +276,31 @@ def _logits(model: nn.Module, x255: torch.Tensor) -> torch.Tensor:
 class ValidationSet:
     """Full-resolution images grouped by size, with the source model's clean predictions."""
 
-    def __init__(self, model: nn.Module, root: Path, ids: list[str], device: torch.device, batch_size: int = 16):
+    def __init__(self, model: nn.Module, root: Path | None, ids: list[str], device: torch.device, batch_size: int = 16,
+                 images: list[torch.Tensor] | None = None):
+        """Images ``ids`` of ``root``, or the given uint8 (3, H, W) ``images`` (``ids`` may then be empty)."""
+        t0 = time.time()
         self.ids = list(ids)
+        if images is None:
+            images = [torch.from_numpy(voc.read_image(voc.image_path(root, i))).permute(2, 0, 1).contiguous() for i in self.ids]
         groups: dict[tuple[int, int], list[torch.Tensor]] = {}
-        for image_id in self.ids:
-            img = torch.from_numpy(voc.read_image(voc.image_path(root, image_id))).permute(2, 0, 1).contiguous()
+        for img in images:
             groups.setdefault(tuple(img.shape[-2:]), []).append(img)
-        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (uint8 images on the device, clean prediction)
         with torch.no_grad():
             for _, imgs in sorted(groups.items()):
                 for i in range(0, len(imgs), batch_size):
-                    x = torch.stack(imgs[i:i + batch_size]).to(device).float()
-                    self.batches.append((x, _logits(model, x).argmax(1)))
+                    x = torch.stack(imgs[i:i + batch_size]).to(device)
+                    self.batches.append((x, _logits(model, x.float()).argmax(1)))
+        self.n_images = len(images)
+        self.build_s = time.time() - t0  # about one validation's cost (for the time estimate)
 
     @torch.no_grad()
     def fooling_rate(self, model: nn.Module, v: torch.Tensor, fit: str, clip: bool) -> float:
         """``1 - mIoU(perturbed prediction, clean prediction)`` over the set (one confusion matrix)."""
         cm = None
         for x, clean in self.batches:
+            x = x.float()
             pred = _logits(model, apply_perturbation(x, v, fit=fit, clip=clip)).argmax(1)
             c = confusion_matrix(pred, clean, num_classes=NUM_CLASSES)
             cm = c if cm is None else cm + c
@@ -327,7 +351,7 @@ def generalizable_uap(
         st = safe_torch_load(state_path)
         if not isinstance(st, dict) or st.get("kind") != "gduap-state" or st.get("signature") != sig:
             raise CheckpointError("resume state belongs to a different GD-UAP run (other options, data or source model); "
-                                  "delete it or drop --resume", state_path)
+                                  "discard it with --restart or drop --resume", state_path)
         with torch.no_grad():
             v.copy_(st["v"].to(device))
         opt.load_state_dict(st["optimizer"])
@@ -354,7 +378,7 @@ def generalizable_uap(
 
     def save_state() -> None:
         if state_path is not None:
-            atomic_torch_save(state_path, {
+            _save_state_file(state_path, {
                 "kind": "gduap-state", "signature": sig, "v": v.detach().cpu(), "optimizer": opt.state_dict(),
                 "generator": gen.get_state(), "iteration": it, "prev_check": prev_check, "halvings": halvings,
                 "stall": stall, "best_v": best_v.cpu(), "best_rate": best_rate, "best_iteration": best_it,
@@ -362,11 +386,18 @@ def generalizable_uap(
 
     stop_reason = "max_iters"
     objective, sat = float("nan"), 0.0
+    it_start, t_first = it, time.time()
     with capture_norms(encoder, modules) as norms:
         while it < cfg.max_iters:
             if stall >= cfg.patience:
                 stop_reason = "patience"
                 break
+            if callback and it == it_start + 1:  # a rough estimate from the first iteration run here
+                left = cfg.max_iters - it_start
+                t_val = float(getattr(val, "build_s", 0.0))
+                callback({"event": "estimate", "estimate_s": left * (time.time() - t_first) + (left // cfg.val_every) * t_val,
+                          "iterations": left, "basis": f"first iteration {time.time() - t_first:.2f} s, "
+                                                        f"a validation ~{t_val:.2f} s; early stopping can end sooner"})
             it += 1
             x = sampler.sample(gen, device)
             norms.clear()
@@ -403,6 +434,7 @@ def generalizable_uap(
     if not history or history[-1]["iteration"] != it:
         with torch.no_grad():
             validate(objective, sat)
+        save_state()  # the finished run: a failed write of the result loses nothing (rerun with --resume)
     return GDUAPResult(best_v.detach().cpu().float(), best_rate, it, best_it, stop_reason, halvings, history,
                        elapsed0 + time.time() - t0)
 
@@ -423,6 +455,50 @@ def validation_ids(root: Path, split: str, n: int, seed: int) -> list[str]:
     return sorted(ids[i] for i in order[:n])
 
 
+def range_images(n: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
+    """``n`` range-prior samples (Gaussian, mean ``MEAN_255``, std ``RANGE_STD_255``), rounded to uint8:
+    data-free validation images."""
+    gen = torch.Generator().manual_seed(seed + 104729)
+    mean = torch.tensor(MEAN_255).view(3, 1, 1)
+    std = torch.tensor(RANGE_STD_255).view(3, 1, 1)
+    return [(mean + std * torch.randn(3, *size, generator=gen)).clamp(0, 255).round().to(torch.uint8) for _ in range(n)]
+
+
+def resolve_val_data(cfg: GDUAPConfig) -> str:
+    """``auto``: ``heldout`` for the data priors or when a ``val_split`` is named, ``range`` otherwise."""
+    if cfg.val_data != "auto":
+        return cfg.val_data
+    return "heldout" if cfg.prior in ("all", "partial") or cfg.val_split is not None else "range"
+
+
+def split_prior_and_validation(root: Path, cfg: GDUAPConfig) -> tuple[list[str], list[str], dict]:
+    """(prior ids, validation ids, the validation record): the validation images are drawn first and
+    removed from the prior's images, so the two sets are disjoint."""
+    source = resolve_val_data(cfg)
+    val_ids: list[str] = []
+    if source == "heldout":
+        val_split = cfg.val_split or cfg.prior_split
+        val_ids = validation_ids(root, val_split, cfg.val_images, cfg.seed)
+        record = {"source": "heldout", "split": val_split, "n_images": len(val_ids), "ids_hash": ids_hash(val_ids),
+                  "rule": f"{cfg.val_images} seeded images of {val_split}, removed from the prior's images"}
+    else:
+        record = {"source": "range", "n_images": cfg.val_images, "size": list(cfg.size), "seed": cfg.seed + 104729,
+                  "gaussian_mean_rgb": list(MEAN_255), "gaussian_std_rgb": list(RANGE_STD_255),
+                  "rule": "range-prior noise images: no dataset image (data-free selection)"}
+    held = set(val_ids)
+    if cfg.prior == "all":
+        prior_ids = [i for i in voc.read_split(root, cfg.prior_split) if i not in held]
+    elif cfg.prior == "partial":
+        prior_ids = partial_ids(root, cfg.prior_split, cfg.partial_fraction, exclude=held)
+    else:
+        prior_ids = []
+    if cfg.prior in ("all", "partial") and not prior_ids:
+        raise RbsegError(f"holding out {len(val_ids)} validation images leaves no prior images in split "
+                         f"'{cfg.prior_split}'; lower --val-images or choose another --val-split")
+    record["disjoint_from_prior"] = not (held & set(prior_ids))
+    return prior_ids, val_ids, record
+
+
 def craft_gduap(
     source: str | Path | nn.Module,
     data_root: str | Path,
@@ -433,10 +509,15 @@ def craft_gduap(
     callback: Callable[[dict], None] | None = None,
     source_info: dict | None = None,
     extra_meta: dict | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
 ) -> Perturbation:
     """Load ``source`` (a zoo name or checkpoint through ``models.load_model``, or a module), build
-    the prior and the validation set from ``data_root``, run :func:`generalizable_uap` and save
-    ``out`` (the best perturbation) with its metadata."""
+    the prior and the validation set from ``data_root`` (disjoint: :func:`split_prior_and_validation`),
+    run :func:`generalizable_uap` and save ``out`` (the best perturbation) with its metadata. The
+    source's sha256 (of the file loaded) is recorded in ``source_model.sha256``. An existing ``out``
+    is refused unless ``overwrite``; a saved crafting state unless ``resume`` or ``restart``."""
+    out, state_path = prepare_output(out, resume=resume, restart=restart, overwrite=overwrite)
     dev = _resolve_device(device)
     root = voc.resolve_root(data_root)
     if isinstance(source, nn.Module):
@@ -445,20 +526,16 @@ def craft_gduap(
         from ..models import load_model
 
         model, info = load_model(source, device=dev)
-    if cfg.prior == "all":
-        prior_ids = voc.read_split(root, cfg.prior_split)
-    elif cfg.prior == "partial":
-        prior_ids = partial_ids(root, cfg.prior_split, cfg.partial_fraction)
-    else:
-        prior_ids = []
+        if Path(str(source)).is_file():  # the exact file crafted on (a zoo name's sha256 is verified on load)
+            info = {**info, "sha256": sha256_file(source), "path": str(source)}
+    prior_ids, val_ids, val_record = split_prior_and_validation(root, cfg)
     sampler = PriorSampler(cfg.prior, cfg.size, cfg.batch_size if cfg.prior != "none" else 1, root, prior_ids)
-    val_ids = validation_ids(root, cfg.val_split, cfg.val_images, cfg.seed)
-    val = ValidationSet(model, root, val_ids, dev)
-    from .uap import state_path_for
-
-    state_path = state_path_for(out)
+    if val_record["source"] == "range":
+        val = ValidationSet(model, None, [], dev, images=range_images(cfg.val_images, cfg.size, cfg.seed))
+    else:
+        val = ValidationSet(model, root, val_ids, dev)
     sig = {"source_sha256": info.get("sha256"), "prior_ids_hash": ids_hash(prior_ids) if prior_ids else None,
-           "val_ids_hash": ids_hash(val_ids)}
+           "validation": val_record}
     res = generalizable_uap(model, cfg, sampler, val, dev, state_path=state_path, resume=resume, signature=sig,
                             callback=callback)
     import torchvision
@@ -475,14 +552,14 @@ def craft_gduap(
         "seed": cfg.seed, "config": asdict(cfg), "iterations": res.iterations, "best_iteration": res.best_iteration,
         "stop_reason": res.stop_reason, "halvings": res.halvings,
         "fooling_rate": res.fooling_rate,
-        "fooling_rate_on": f"{len(val_ids)} {cfg.val_split} images, 1 - mIoU(perturbed vs clean prediction), fit {cfg.fit}, clip {cfg.clip}",
+        "fooling_rate_on": (f"{len(val_ids)} held-out {val_record['split']} images (disjoint from the prior's)"
+                            if val_record["source"] == "heldout" else f"{cfg.val_images} range-prior noise images")
+                           + f", 1 - mIoU(perturbed vs clean prediction), fit {cfg.fit}, clip {cfg.clip}",
+        "validation": val_record,
         "history": res.history, "crafting_time_s": res.time_s, "device": str(dev),
         "data": {"root": str(root)},
         "versions": {"package": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     meta.update(extra_meta or {})
-    pert = save_perturbation(out, res.v.numpy(), meta)
-    if state_path.exists():
-        state_path.unlink()
-    return pert
+    return write_result(out, res.v.numpy(), meta, state_path)

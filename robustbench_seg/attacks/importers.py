@@ -11,9 +11,14 @@ Formats
 -------
 ``lts4-mat``
     LTS4/universal (Moosavi-Dezfooli et al. 2017) ``precomputed/*.mat``: one variable ``r``,
-    224 x 224 x 3, values in [-10, 10] in 0-255 units, channels RGB. The authors document the
-    axes as W x H x C, so the default ``axes="whc"`` maps ``out[c, y, x] = r[x, y, c]``;
-    ``axes="hwc"`` maps ``out[c, y, x] = r[y, x, c]``.
+    224 x 224 x 3, values in [-10, 10] in 0-255 units. The authors document the axes as
+    W x H x C, so the default ``axes="whc"`` maps ``out[c, y, x] = r[x, y, c']``;
+    ``axes="hwc"`` maps ``out[c, y, x] = r[y, x, c']``. Channels (``channels``): ``bgr``
+    (default, ``c' = 2 - c``) or ``rgb`` (``c' = c``). Their README says RGB, but their MATLAB
+    pipeline (the one that works in W x H x C) crafts ``v`` in Caffe's input space, which is BGR:
+    ``preprocess_img.m`` flips RGB to BGR and permutes to W x H x C before ``universal_perturbation.m``
+    adds ``v``, and ``demo_caffe.m`` displays ``v`` with ``permute(v, [2, 1, 3])`` and
+    ``v(:, :, [3, 2, 1])`` (BGR -> RGB). The code that made the files wins over the README.
 ``gduap-npy``
     val-iisc/GD-UAP perturbations, channels BGR, 0-255 units, in one of two layouts:
     classification ``(1, 224, 224, 3)`` NHWC, and segmentation ``(1, 3, 513, 513)`` NCHW. The
@@ -28,7 +33,11 @@ Formats
 Units: ``scale`` is the value a full-range pixel has in the file (1 for [0, 1] units, 255 for
 0-255 units); values are multiplied by ``255 / scale``. Defaults: 255 for ``lts4-mat`` and
 ``gduap-npy``, 1 for ``torch-chw``. After conversion every value must lie within ``+-xi``
-(default 10, the l-inf radius all these files were crafted with) up to a tolerance of 1e-3.
+(default 10, the l-inf radius all these files were crafted with) up to a tolerance of 1e-3,
+and the largest |value| must be at least 0.5 (:data:`~.perturbation.MIN_MAX_ABS`): a smaller one is
+a file in other units or a wrong ``--scale`` / ``--format``, not a UAP (``allow_any_magnitude``
+overrides both checks). ``channels`` (``rgb`` / ``bgr``) is the file's channel order; the default
+is the format's (``bgr`` for ``lts4-mat`` and ``gduap-npy``, ``rgb`` for ``torch-chw``).
 """
 from __future__ import annotations
 
@@ -41,9 +50,10 @@ import numpy as np
 
 from ..errors import PerturbationError, RbsegError
 from ..io import load_npy, sha256_file
-from .perturbation import Perturbation, save_perturbation
+from .perturbation import MIN_MAX_ABS, Perturbation, refuse_existing_output, save_perturbation
 
 RANGE_TOL = 1e-3
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Importer:
     axes_choices: tuple[str, ...]
     default_axes: str
     suffixes: tuple[str, ...]
+    default_channels: str = "rgb"
 
 
 IMPORTERS: dict[str, Importer] = {}
@@ -90,16 +101,30 @@ def _finite_and_scaled(a: np.ndarray, src: Path, scale: float) -> tuple[np.ndarr
     return (a.astype(np.float64) * mult).astype(np.float32), mult
 
 
-def _check_range(a: np.ndarray, src: Path, xi: float | None, scale: float) -> None:
-    if xi is None:
+def _check_range(a: np.ndarray, src: Path, xi: float | None, scale: float, allow_any_magnitude: bool = False) -> None:
+    if allow_any_magnitude:
         return
     peak = float(np.abs(a).max()) if a.size else 0.0
+    if peak < MIN_MAX_ABS:
+        raise PerturbationError(
+            f"max |value| after conversion is {peak:.4g} (0-255 units), below {MIN_MAX_ABS:g}: not a universal "
+            f"perturbation in these units (file units: full pixel = {scale:g}; check --scale / --format)",
+            src,
+        )
+    if xi is None:
+        return
     if peak > xi + RANGE_TOL:
         raise PerturbationError(
             f"max |value| after conversion is {peak:.4g} (0-255 units), beyond the stated range +-{xi:g}"
             f" (file units: full pixel = {scale:g}; check --scale / --xi)",
             src,
         )
+
+
+def _channel_order(channels: str, src: Path) -> str:
+    if channels not in CHANNEL_ORDERS:
+        raise PerturbationError(f"--channels must be rgb or bgr, got {channels}", src)
+    return channels
 
 
 def _load_npy_plain(src: Path) -> np.ndarray:
@@ -118,9 +143,11 @@ def _load_npy_plain(src: Path) -> np.ndarray:
 # lts4-mat
 # ---------------------------------------------------------------------------------------------
 
-def read_lts4_mat(src: Path, axes: str = "whc", scale: float = 255.0, xi: float | None = 10.0, variable: str = "r") -> Converted:
+def read_lts4_mat(src: Path, axes: str = "whc", scale: float = 255.0, xi: float | None = 10.0, variable: str = "r",
+                  channels: str = "bgr", allow_any_magnitude: bool = False) -> Converted:
     import scipy.io
 
+    channels = _channel_order(channels, src)
     if not src.is_file():
         raise PerturbationError("file not found", src)
     try:
@@ -144,15 +171,18 @@ def read_lts4_mat(src: Path, axes: str = "whc", scale: float = 255.0, xi: float 
     scaled, mult = _finite_and_scaled(r, src, scale)
     # whc: r[x, y, c] -> out[c, y, x]; hwc: r[y, x, c] -> out[c, y, x]
     perm = (2, 1, 0) if axes == "whc" else (2, 0, 1)
-    out = np.ascontiguousarray(np.transpose(scaled, perm))
-    _check_range(out, src, xi, scale)
-    formula = "out[c, y, x] = r[x, y, c]" if axes == "whc" else "out[c, y, x] = r[y, x, c]"
+    chw = np.transpose(scaled, perm)
+    out = np.ascontiguousarray(chw[::-1] if channels == "bgr" else chw)
+    _check_range(out, src, xi, scale, allow_any_magnitude)
+    cc = "2 - c" if channels == "bgr" else "c"
+    formula = f"out[c, y, x] = r[x, y, {cc}]" if axes == "whc" else f"out[c, y, x] = r[y, x, {cc}]"
     if mult != 1.0:
         formula += f" * {mult:g}"
     return Converted(
         out,
         {"variable": variable, "source_shape": list(r.shape), "source_dtype": str(r.dtype), "axes": axes,
-         "transpose": list(perm), "channels": "RGB (kept)", "multiplier": mult, "formula": formula},
+         "transpose": list(perm), "channel_order": channels,
+         "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)", "multiplier": mult, "formula": formula},
         method="uap",
     )
 
@@ -161,7 +191,9 @@ def read_lts4_mat(src: Path, axes: str = "whc", scale: float = 255.0, xi: float 
 # gduap-npy
 # ---------------------------------------------------------------------------------------------
 
-def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: float | None = 10.0) -> Converted:
+def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: float | None = 10.0, channels: str = "bgr",
+                   allow_any_magnitude: bool = False) -> Converted:
+    channels = _channel_order(channels, src)
     a = _load_npy_plain(src)
     _require_float(a, src)
     shape = tuple(a.shape)
@@ -193,9 +225,10 @@ def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: floa
         raise PerturbationError(f"--axes for gduap-npy must be auto, nhwc or nchw, got {axes}", src)
     scaled, mult = _finite_and_scaled(a3, src, scale)
     chw = np.transpose(scaled, (2, 0, 1)) if layout == "nhwc" else scaled
-    out = np.ascontiguousarray(chw[::-1])  # BGR -> RGB
-    _check_range(out, src, xi, scale)
-    idx = "a[0, y, x, 2 - c]" if layout == "nhwc" else "a[0, 2 - c, y, x]"
+    out = np.ascontiguousarray(chw[::-1] if channels == "bgr" else chw)  # BGR -> RGB
+    _check_range(out, src, xi, scale, allow_any_magnitude)
+    cc = "2 - c" if channels == "bgr" else "c"
+    idx = f"a[0, y, x, {cc}]" if layout == "nhwc" else f"a[0, {cc}, y, x]"
     if not batch:
         idx = idx.replace("a[0, ", "a[")
     formula = f"out[c, y, x] = {idx}" + (f" * {mult:g}" if mult != 1.0 else "")
@@ -203,7 +236,8 @@ def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: floa
     return Converted(
         out,
         {"source_shape": list(shape), "source_dtype": str(a.dtype), "layout": layout.upper(),
-         "layout_detected": axes == "auto", "channels": "BGR -> RGB (flipped)", "multiplier": mult,
+         "layout_detected": axes == "auto", "channel_order": channels,
+         "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)", "multiplier": mult,
          "formula": formula, "variant": "segmentation (513 canvas)" if segmentation else "classification"},
         method="gd-uap",
         recommended_fit="crop" if segmentation else None,
@@ -214,7 +248,9 @@ def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: floa
 # torch-chw
 # ---------------------------------------------------------------------------------------------
 
-def read_torch_chw(src: Path, axes: str = "auto", scale: float = 1.0, xi: float | None = 10.0) -> Converted:
+def read_torch_chw(src: Path, axes: str = "auto", scale: float = 1.0, xi: float | None = 10.0, channels: str = "rgb",
+                   allow_any_magnitude: bool = False) -> Converted:
+    channels = _channel_order(channels, src)
     a = _load_npy_plain(src)
     _require_float(a, src)
     shape = tuple(a.shape)
@@ -227,32 +263,36 @@ def read_torch_chw(src: Path, axes: str = "auto", scale: float = 1.0, xi: float 
     if axes not in ("auto", "nchw", "chw"):
         raise PerturbationError(f"--axes for torch-chw must be auto (NCHW or CHW), got {axes}", src)
     out, mult = _finite_and_scaled(a3, src, scale)
-    out = np.ascontiguousarray(out)
-    _check_range(out, src, xi, scale)
-    formula = ("out[c, y, x] = a[0, c, y, x]" if batch else "out[c, y, x] = a[c, y, x]") + (f" * {mult:g}" if mult != 1.0 else "")
+    out = np.ascontiguousarray(out[::-1] if channels == "bgr" else out)
+    _check_range(out, src, xi, scale, allow_any_magnitude)
+    cc = "2 - c" if channels == "bgr" else "c"
+    formula = (f"out[c, y, x] = a[0, {cc}, y, x]" if batch else f"out[c, y, x] = a[{cc}, y, x]") + (f" * {mult:g}" if mult != 1.0 else "")
     return Converted(
         out,
         {"source_shape": list(shape), "source_dtype": str(a.dtype), "layout": "NCHW" if batch else "CHW",
-         "channels": "RGB (kept)", "multiplier": mult, "formula": formula},
+         "channel_order": channels, "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)",
+         "multiplier": mult, "formula": formula},
         method="imported",
     )
 
 
-register_importer(Importer("lts4-mat", "LTS4/universal MATLAB file, variable r, W x H x C (or H x W x C), RGB, 0-255 units",
-                           read_lts4_mat, 255.0, ("whc", "hwc"), "whc", (".mat",)))
+register_importer(Importer("lts4-mat", "LTS4/universal MATLAB file, variable r, W x H x C (or H x W x C), Caffe BGR by default, 0-255 units",
+                           read_lts4_mat, 255.0, ("whc", "hwc"), "whc", (".mat",), default_channels="bgr"))
 register_importer(Importer("gduap-npy", "GD-UAP .npy, BGR, 0-255 units: (1, H, W, 3) NHWC (classification) or (1, 3, H, W) NCHW (segmentation)",
-                           read_gduap_npy, 255.0, ("auto", "nhwc", "nchw"), "auto", (".npy",)))
+                           read_gduap_npy, 255.0, ("auto", "nhwc", "nchw"), "auto", (".npy",), default_channels="bgr"))
 register_importer(Importer("torch-chw", "PyTorch .npy, (1, 3, H, W) or (3, H, W), RGB, [0, 1] units by default",
                            read_torch_chw, 1.0, ("auto", "nchw", "chw"), "auto", (".npy",)))
 
 
-def convert(fmt: str, src: str | Path, axes: str | None = None, scale: float | None = None, xi: float | None = 10.0) -> Converted:
+def convert(fmt: str, src: str | Path, axes: str | None = None, scale: float | None = None, xi: float | None = 10.0,
+            channels: str | None = None, allow_any_magnitude: bool = False) -> Converted:
     """Read and convert ``src`` with the importer registered as ``fmt`` (no file is written)."""
     if fmt not in IMPORTERS:
         raise PerturbationError(f"unknown format '{fmt}' (formats: {', '.join(IMPORTERS)})")
     imp = IMPORTERS[fmt]
     src = Path(src)
-    return imp.read(src, axes=axes or imp.default_axes, scale=imp.default_scale if scale is None else float(scale), xi=xi)
+    return imp.read(src, axes=axes or imp.default_axes, scale=imp.default_scale if scale is None else float(scale), xi=xi,
+                    channels=channels or imp.default_channels, allow_any_magnitude=allow_any_magnitude)
 
 
 def import_perturbation(
@@ -264,11 +304,17 @@ def import_perturbation(
     xi: float = 10.0,
     method: str | None = None,
     norm: str = "inf",
+    channels: str | None = None,
+    overwrite: bool = False,
+    allow_any_magnitude: bool = False,
 ) -> Perturbation:
-    """Convert a published file into ``out`` (``NAME.npy`` + ``NAME.json``; a bare name goes to the
-    shipped ``perturbations/`` folder), recording its sha256 and the conversion applied."""
+    """Convert a published file into ``out`` (``NAME.npy`` + ``NAME.json``; a bare name: the current
+    folder), recording its sha256, the conversion applied and the channel order chosen. An existing
+    ``out`` is refused unless ``overwrite``."""
     src = Path(src)
-    conv = convert(fmt, src, axes=axes, scale=scale, xi=xi if norm in ("inf", "linf") else None)
+    path = refuse_existing_output(out, overwrite)
+    conv = convert(fmt, src, axes=axes, scale=scale, xi=xi if norm in ("inf", "linf") else None, channels=channels,
+                   allow_any_magnitude=allow_any_magnitude)
     imp = IMPORTERS[fmt]
     meta: dict[str, Any] = {
         "method": method or conv.method,
@@ -280,10 +326,13 @@ def import_perturbation(
         "source_format": fmt,
         "source_format_description": imp.description,
         "conversion": conv.conversion,
+        "channels": conv.conversion.get("channel_order"),
         "units": "0-255 pixel offsets, RGB, C x H x W",
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **conv.extra,
     }
     if conv.recommended_fit:
         meta["recommended_fit"] = conv.recommended_fit
-    return save_perturbation(out, conv.array, meta)
+    if allow_any_magnitude:
+        meta["magnitude_check"] = "skipped (allow_any_magnitude)"
+    return save_perturbation(path, conv.array, meta)

@@ -32,6 +32,11 @@ class Perturbation:
     def size(self) -> tuple[int, int]:
         return int(self.array.shape[1]), int(self.array.shape[2])
 
+    @property
+    def max_abs(self) -> float:
+        """The measured max |v| in 0-255 units (recorded with every result)."""
+        return float(np.abs(self.array).max()) if self.array.size else 0.0
+
     def tensor(self, device=None, dtype=None):
         import torch
 
@@ -63,31 +68,73 @@ def resolve_perturbation_path(name_or_path: str | Path) -> Path:
     raise PerturbationError(f"no such perturbation file or shipped name (shipped: {', '.join(shipped) or 'none'})", name_or_path)
 
 
-def load_perturbation(name_or_path: str | Path) -> Perturbation:
+# Plausible magnitudes (0-255 units) of a universal perturbation when no metadata states its xi:
+# above 32 it is no longer "quasi-imperceptible" (+-100 is a different image), below 0.5 it is
+# almost surely a file in [0, 1] units (255 times too weak) or a wrong conversion.
+MAX_ABS_WITHOUT_XI = 32.0
+MIN_MAX_ABS = 0.5
+
+
+def check_magnitude(array: np.ndarray, source: str | Path, xi: float | None = None, tol: float = 1e-3) -> float:
+    """Refuse an implausible magnitude; returns the measured max |v|.
+
+    With a stated l-inf ``xi``: max |v| must not exceed it. Without one: max |v| must lie in
+    [:data:`MIN_MAX_ABS`, :data:`MAX_ABS_WITHOUT_XI`] (0-255 units)."""
+    peak = float(np.abs(array).max()) if array.size else 0.0
+    hint = "; pass --allow-any-magnitude (allow_any_magnitude=True) to use it anyway"
+    if xi is not None:
+        if peak > xi + tol:
+            raise PerturbationError(f"max |value| {peak:.4g} exceeds the stated xi = {xi:g} (0-255 units){hint}", source)
+        return peak
+    if peak > MAX_ABS_WITHOUT_XI:
+        raise PerturbationError(f"max |value| {peak:.4g} exceeds {MAX_ABS_WITHOUT_XI:g} (0-255 units) and no JSON sidecar "
+                                f"states an xi: not a quasi-imperceptible perturbation{hint}", source)
+    if peak < MIN_MAX_ABS:
+        raise PerturbationError(f"max |value| {peak:.4g} is below {MIN_MAX_ABS:g} (0-255 units) and no JSON sidecar states "
+                                f"an xi: a file in [0, 1] units or a wrong conversion?{hint}", source)
+    return peak
+
+
+def load_perturbation(name_or_path: str | Path, allow_any_magnitude: bool = False) -> Perturbation:
+    """Load ``NAME.npy`` (+ ``NAME.json`` when present) and check its magnitude (:func:`check_magnitude`)
+    unless ``allow_any_magnitude``."""
     path = resolve_perturbation_path(name_or_path)
     meta_path = path.with_suffix(".json")
     meta = read_json(meta_path) if meta_path.is_file() else {}
     if not isinstance(meta, dict):
         raise PerturbationError("metadata is not a JSON object", meta_path)
-    array = load_npy(path)
+    array = validate_array(load_npy(path), path)
     xi = meta.get("xi")
-    norm = meta.get("norm", "inf")
-    array = validate_array(array, path, xi=float(xi) if xi is not None and norm in ("inf", "linf") else None)
+    norm = str(meta.get("norm", "inf"))
+    if not allow_any_magnitude:
+        if xi is None:
+            check_magnitude(array, path)
+        elif norm in ("inf", "linf"):
+            check_magnitude(array, path, xi=float(xi))
     return Perturbation(name=path.stem, array=array, meta=meta, sha256=sha256_file(path))
 
 
 def resolve_output_path(path_or_name: str | Path) -> Path:
-    """Where :func:`save_perturbation` writes ``NAME.npy`` (a bare name goes to perturbations/)."""
-    path = Path(path_or_name)
-    if path.parent == Path(".") and not str(path_or_name).startswith("."):
-        path = shipped_perturbations_dir() / path.name
+    """Where :func:`save_perturbation` writes ``NAME.npy``: the path as given, relative to the current
+    folder (a bare name is ``./NAME.npy``, never the installed package's shipped perturbations/)."""
+    path = Path(path_or_name).expanduser()
     if path.suffix != ".npy":
         path = path.with_name(path.name + ".npy")
     return path
 
 
+def refuse_existing_output(path_or_name: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing ``NAME.npy`` or ``NAME.json`` unless ``overwrite`` (one line, names --overwrite)."""
+    from ..io import refuse_existing
+
+    path = resolve_output_path(path_or_name)
+    refuse_existing(path, overwrite)
+    refuse_existing(path.with_suffix(".json"), overwrite)
+    return path
+
+
 def save_perturbation(path_or_name: str | Path, array: np.ndarray, meta: dict[str, Any]) -> Perturbation:
-    """Validate, then write NAME.npy and NAME.json atomically (a bare name goes to perturbations/)."""
+    """Validate, then write NAME.npy and NAME.json atomically (a bare name: the current folder)."""
     path = resolve_output_path(path_or_name)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
@@ -103,5 +150,11 @@ def save_perturbation(path_or_name: str | Path, array: np.ndarray, meta: dict[st
 
 
 def list_perturbations(folder: str | Path | None = None) -> list[str]:
-    folder = Path(folder) if folder else shipped_perturbations_dir()
+    """Names of the ``*.npy`` in ``folder`` (default: the shipped folder); a named folder must exist."""
+    if folder is None:
+        folder = shipped_perturbations_dir()
+        return sorted(p.stem for p in folder.glob("*.npy")) if folder.is_dir() else []
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise PerturbationError("no such folder" if not folder.exists() else "not a folder", folder)
     return sorted(p.stem for p in folder.glob("*.npy"))

@@ -66,12 +66,17 @@ PRESETS: dict[str, SurrogatePreset] = {
 # Architectures and the 0-255 wrapper
 # ---------------------------------------------------------------------------------------------
 
-def build_classifier(arch: str, num_classes: int = len(FOREGROUND)) -> nn.Module:
-    """torchvision's own architecture, random init (GoogLeNet without auxiliary heads)."""
+def build_classifier(arch: str, num_classes: int = len(FOREGROUND), width_per_group: int = 64) -> nn.Module:
+    """torchvision's own architecture, random init (GoogLeNet without auxiliary heads). ``width_per_group``
+    (ResNet-152 only; torchvision's option, 64 = the standard network): narrower bottlenecks with the
+    same 152 layers, for the ``micro`` smoke test (8: 6.6 M parameters, 26 MB, instead of 58 M, 234 MB)."""
     import torchvision
 
+    if arch != "resnet152" and width_per_group != 64:
+        raise RbsegError(f"width_per_group applies to resnet152 only, not {arch}")
     if arch == "resnet152":  # last BN of each block zero-initialised: torchvision's option for fast early training
-        return torchvision.models.resnet152(weights=None, num_classes=num_classes, zero_init_residual=True)
+        return torchvision.models.resnet152(weights=None, num_classes=num_classes, zero_init_residual=True,
+                                            width_per_group=int(width_per_group))
     if arch == "googlenet":
         # PyTorch's default (Kaiming-uniform) init: with torchvision's truncated-normal init (init_weights=True)
         # GoogLeNet stays at the class prior for a dozen epochs on SynthVOC tiny; with this one it learns
@@ -151,12 +156,13 @@ def load_surrogate_checkpoint(path: str | Path) -> tuple[Classifier255, dict]:
             raise CheckpointError(f"surrogate checkpoint lacks '{key}'", path)
     if ckpt.get("complete") is False:
         raise CheckpointError("unfinished surrogate training state (resume it with train-surrogate --resume)", path)
-    net = build_classifier(ckpt["arch"], int(ckpt["num_classes"]))
+    net = build_classifier(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt.get("width_per_group", 64)))
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit {ckpt['arch']} ({str(exc).strip().splitlines()[0]})", path) from None
     info = {"name": path.stem, "kind": "surrogate", "arch": ckpt["arch"], "path": str(path), "sha256": sha256_file(path),
+            "width_per_group": int(ckpt.get("width_per_group", 64)),
             "num_classes": int(ckpt["num_classes"]), "input_size": int(ckpt["input_size"]),
             "metrics": ckpt.get("metrics", {}), "data": ckpt.get("data", {}), "config": ckpt.get("config", {})}
     return Classifier255(net, list(ckpt["classes"]), input_size=int(ckpt["input_size"])).eval(), info
@@ -311,6 +317,16 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(images.shape[0], 1)
 
 
+def _save_or_keep(path: Path, obj: dict, state_path: Path | None = None) -> None:
+    """Atomic save; an OSError (read-only, disk full) is one line and the last good state stays as it was."""
+    try:
+        atomic_torch_save(path, obj)
+    except OSError as exc:
+        kept = state_path if state_path is not None else path
+        hint = f"; the last good state is kept in {kept}" if kept.exists() else ""
+        raise RbsegError(f"cannot write ({exc.strerror or exc}){hint}", path) from None
+
+
 def _out_path(arch: str, out: str | Path) -> Path:
     out = Path(out)
     return out if out.suffix in (".pt", ".pth") else out / f"{arch}.pt"
@@ -326,11 +342,17 @@ def train_surrogate(
     epochs: int | None = None,
     input_size: int | None = None,
     resume: bool = False,
+    width_per_group: int | None = None,
     callback: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``arch`` on the object crops of ``data_root``'s train split; returns the checkpoint path
     (``out`` itself when it ends in .pt/.pth, else ``out/<arch>.pt``). A ``<ckpt>.state`` resume file
-    is written atomically every ``state_every`` epochs (preset) and removed at the end."""
+    is written atomically every ``state_every`` epochs (preset) and removed at the end.
+    ``width_per_group`` narrows a ResNet-152 (see :func:`build_classifier`; GoogLeNet ignores it). An existing
+    checkpoint is refused unless ``overwrite``; the output folder is probed before training starts."""
+    from ..io import clean_stale_tmp, probe_writable, refuse_existing
+
     if preset not in PRESETS:
         raise RbsegError(f"unknown surrogate preset '{preset}' (choose from {', '.join(PRESETS)})")
     if arch not in SURROGATE_ARCHS:
@@ -338,23 +360,28 @@ def train_surrogate(
     cfg = PRESETS[preset]
     n_epochs = int(epochs if epochs is not None else cfg.epochs[arch])
     cfg = replace(cfg, epochs={arch: n_epochs}, input_size=input_size if input_size is not None else cfg.input_size)
-    dev = _resolve_device(device)
-    root = voc.resolve_root(data_root)
     path = _out_path(arch, out)
     state_path = path.with_name(path.name + ".state")
+    refuse_existing(path, overwrite)
+    probe_writable(path.parent, "surrogate checkpoint")
+    for name in (path.name, state_path.name):
+        clean_stale_tmp(path.parent, name)
+    dev = _resolve_device(device)
+    root = voc.resolve_root(data_root)
     t0 = time.time()
     x_train, y_train, train_ids = extract_crops(root, "train", cfg.input_size)
     val_split = "val" if voc.split_file(root, "val").is_file() else None
     x_val, y_val = (extract_crops(root, "val", cfg.input_size)[:2] if val_split else (None, None))
 
     torch.manual_seed(seed)
-    net = build_classifier(arch).to(dev)
+    width = int(width_per_group) if width_per_group is not None and arch == "resnet152" else 64
+    net = build_classifier(arch, width_per_group=width).to(dev)
     model = Classifier255(net, list(FOREGROUND), cfg.input_size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-x_train.shape[0] // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=n_epochs * steps_per_epoch, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    config = {"arch": arch, "preset": preset, "seed": seed, **asdict(cfg), "optimizer": "AdamW+OneCycle",
+    config = {"arch": arch, "preset": preset, "seed": seed, **asdict(cfg), "width_per_group": width, "optimizer": "AdamW+OneCycle",
               "augment": "flip + 2px shift", "crop_source": "auto", "crop_mode": "warp", "train_split": "train"}
     start_epoch, history = 0, []
     if resume and state_path.is_file():
@@ -397,7 +424,7 @@ def train_surrogate(
         if callback:
             callback({"event": "epoch", **history[-1], "epochs": n_epochs})
         if epoch + 1 < n_epochs and (epoch + 1) % cfg.state_every == 0:
-            atomic_torch_save(state_path, {
+            _save_or_keep(state_path, {
                 "format": FORMAT, "complete": False, "config": config, "epoch": epoch + 1, "history": history,
                 "state_dict": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -410,7 +437,8 @@ def train_surrogate(
 
     ckpt = {
         "format": FORMAT, "complete": True, "arch": arch, "num_classes": len(FOREGROUND), "classes": list(FOREGROUND),
-        "input_size": cfg.input_size, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "input_size": cfg.input_size, "width_per_group": width,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "config": config, "metrics": metrics, "history": history,
         "data": {"root": str(root), "split": "train", "ids_hash": ids_hash(sorted(set(train_ids))),
                  "crops": int(x_train.shape[0])},
@@ -418,7 +446,7 @@ def train_surrogate(
         "device": str(dev), "train_time_s": time.time() - t0,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    atomic_torch_save(path, ckpt)
+    _save_or_keep(path, ckpt, state_path)
     if state_path.exists():
         state_path.unlink()
     if callback:

@@ -63,7 +63,7 @@ class UAPConfig:
     max_passes: int = 10
     overshoot: float = 0.02
     num_classes: int = 10  # DeepFool candidate classes
-    max_iter_df: int = 50
+    max_iter_df: int = 10  # the authors' universal_pert.py / universal_perturbation.m
     batch_size: int = 32
     seed: int = 0
     clip: bool = True
@@ -72,8 +72,8 @@ class UAPConfig:
         self.norm = {"linf": "inf", "l2": "2"}.get(str(self.norm), str(self.norm))
         if self.norm not in NORMS:
             raise RbsegError(f"norm must be inf or 2, got '{self.norm}'")
-        if self.xi <= 0 or not 0 <= self.delta < 1 or self.max_passes < 1 or self.batch_size < 1:
-            raise RbsegError("need xi > 0, 0 <= delta < 1, max_passes >= 1, batch_size >= 1")
+        if self.xi <= 0 or not 0 <= self.delta < 1 or self.max_passes < 1 or self.batch_size < 1 or self.max_iter_df < 1:
+            raise RbsegError("need xi > 0, 0 <= delta < 1, max_passes >= 1, batch_size >= 1, max_iter_df >= 1")
 
 
 @dataclass
@@ -116,6 +116,64 @@ def fooling_rate(classifier: nn.Module, images: torch.Tensor, v: torch.Tensor, c
     return float((pert != clean_labels).float().mean()) if pert.numel() else 0.0
 
 
+def estimate_uap_seconds(t_clean: float, n: int, cfg: UAPConfig, passes: int) -> dict:
+    """A rough estimate of the crafting time from the measured clean forward pass over the ``n``
+    images (``t_clean`` seconds): per pass, one check forward, DeepFool on the unfooled images (about
+    3 steps of one forward and ``num_classes - 1`` backward passes, a backward ~ 2 forwards; at most
+    ``max_iter_df`` steps), and the fooling-rate forward. ``upper_s`` assumes every image runs
+    DeepFool to ``max_iter_df``."""
+    per_fwd = t_clean / max(n, 1)
+    step = 1 + 2 * (max(2, cfg.num_classes) - 1)
+    typical = passes * n * per_fwd * (2 + 3 * step)
+    upper = passes * n * per_fwd * (2 + cfg.max_iter_df * step)
+    return {"estimate_s": typical, "upper_s": upper, "passes": passes, "images": n,
+            "basis": f"measured clean forward pass ({t_clean:.2f} s for {n} images)"}
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Write a resume state atomically; a failure (read-only, full disk) leaves the previous state as it was."""
+    try:
+        atomic_torch_save(path, state)
+    except OSError as exc:
+        raise RbsegError(f"cannot save the crafting state ({exc.strerror or exc}); the last good state is kept "
+                         "there, free space and rerun with --resume", path) from None
+
+
+def prepare_output(out: str | Path, resume: bool = False, restart: bool = False, overwrite: bool = False) -> tuple[Path, Path]:
+    """Before crafting: refuse an existing output unless ``overwrite``; probe that the folder can be
+    written; remove the ``.tmp`` litter of killed writes; and refuse a saved crafting state unless
+    ``resume`` (continue it) or ``restart`` (discard it). Returns (output .npy path, state path)."""
+    from ..io import clean_stale_tmp, probe_writable
+    from .perturbation import refuse_existing_output
+
+    if resume and restart:
+        raise RbsegError("--resume and --restart exclude each other")
+    path = refuse_existing_output(out, overwrite)
+    state = state_path_for(path)
+    probe_writable(path.parent, "perturbation")
+    for name in (path.name, path.with_suffix(".json").name, state.name):
+        clean_stale_tmp(path.parent, name)
+    if state.exists():
+        if restart:
+            state.unlink()
+        elif not resume:
+            raise RbsegError("holds the saved state of an unfinished craft of this output; pass --resume to continue "
+                             "it or --restart to discard it", state)
+    return path, state
+
+
+def write_result(out: Path, array, meta: dict, state_path: Path) -> Perturbation:
+    """Save the perturbation; a write failure is one line and keeps the crafting state for --resume."""
+    try:
+        pert = save_perturbation(out, array, meta)
+    except OSError as exc:
+        kept = f"; the crafting state is kept in {state_path}: rerun with --resume" if state_path.exists() else ""
+        raise RbsegError(f"cannot write the perturbation ({exc.strerror or exc}){kept}", out) from None
+    if state_path.exists():
+        state_path.unlink()
+    return pert
+
+
 def universal_perturbation(
     classifier: nn.Module,
     images: torch.Tensor,
@@ -143,21 +201,27 @@ def universal_perturbation(
         st = safe_torch_load(state_path)
         if not isinstance(st, dict) or st.get("kind") != "uap-state" or st.get("signature") != sig:
             raise CheckpointError("resume state belongs to a different UAP run (other options, data or surrogate); "
-                                  "delete it or drop --resume", state_path)
+                                  "discard it with --restart or drop --resume", state_path)
         v = st["v"].to(device)
         passes, history, elapsed0 = int(st["passes"]), list(st["history"]), float(st.get("elapsed_s", 0.0))
         gen.set_state(st["generator"])
+    t_clean = time.time()
     clean = predict_labels(classifier, images, None, cfg.batch_size, device, cfg.clip)
+    t_clean = time.time() - t_clean
     fr = history[-1]["fooling_rate"] if history else 0.0
+    if callback and fr < 1 - cfg.delta and passes < cfg.max_passes:
+        callback({"event": "estimate", **estimate_uap_seconds(t_clean, n, cfg, cfg.max_passes - passes)})
     while fr < 1 - cfg.delta and passes < cfg.max_passes:
         order = torch.randperm(n, generator=gen)
-        steps = deepfools = 0
+        steps = deepfools = fooled_seen = 0
+        previous = history[-1]["fooling_rate"] if history else None
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             x = images[idx].to(device).float()
             with torch.no_grad():
                 pred = classifier(apply_perturbation(x, v, clip=cfg.clip)).argmax(1).cpu()
             todo = (pred == clean[idx]).nonzero().flatten()
+            fooled_seen += int(idx.numel() - todo.numel())
             if todo.numel():
                 res = deepfool(classifier, apply_perturbation(x[todo.to(device)], v, clip=cfg.clip),
                                num_classes=cfg.num_classes, overshoot=cfg.overshoot, max_iter=cfg.max_iter_df)
@@ -166,9 +230,11 @@ def universal_perturbation(
                     if int(res.iterations[i]) < cfg.max_iter_df - 1:
                         v = project(v + res.r[i], cfg.xi, cfg.norm)
                         steps += 1
-            if callback:
-                callback({"event": "batch", "pass": passes + 1, "done": min(start + cfg.batch_size, n), "total": n,
-                          "fooling_rate": fr, "elapsed_s": elapsed0 + time.time() - t0})
+            if callback:  # this pass so far: the share of the images checked that v already fooled when checked
+                done = min(start + cfg.batch_size, n)
+                callback({"event": "batch", "pass": passes + 1, "done": done, "total": n,
+                          "fooled_so_far": fooled_seen / done, "previous_pass_fooling_rate": previous,
+                          "elapsed_s": elapsed0 + time.time() - t0})
         passes += 1
         fr = fooling_rate(classifier, images, v, clean, cfg.batch_size, device, cfg.clip)
         history.append({"pass": passes, "fooling_rate": fr, "deepfool_calls": deepfools, "updates": steps,
@@ -176,9 +242,9 @@ def universal_perturbation(
         if callback:
             callback({"event": "pass", **history[-1], "max_passes": cfg.max_passes})
         if state_path is not None:
-            atomic_torch_save(state_path, {"kind": "uap-state", "signature": sig, "v": v.detach().cpu(), "passes": passes,
-                                           "history": history, "generator": gen.get_state(),
-                                           "elapsed_s": elapsed0 + time.time() - t0})
+            save_state(state_path, {"kind": "uap-state", "signature": sig, "v": v.detach().cpu(), "passes": passes,
+                                    "history": history, "generator": gen.get_state(),
+                                    "elapsed_s": elapsed0 + time.time() - t0})
     return UAPResult(v.detach().cpu().float(), fr, passes, fr >= 1 - cfg.delta, history, elapsed0 + time.time() - t0)
 
 
@@ -252,6 +318,8 @@ def craft_uap(
     resume: bool = False,
     callback: Callable[[dict], None] | None = None,
     extra_meta: dict | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
 ) -> Perturbation:
     """Load the surrogate (``resnet152`` / ``googlenet`` with ImageNet weights, or a checkpoint of
     :func:`~robustbench_seg.attacks.surrogate.train_surrogate`), build the crafting set from
@@ -260,9 +328,11 @@ def craft_uap(
     ``craft_set="auto"``: object crops for a trained surrogate (its own training distribution),
     resized centre crops of the scenes for an ImageNet classifier. ``size`` defaults to the
     surrogate's input size (224 for ImageNet). The fooling rate is also measured on the same
-    number of ``val_split`` items (never used for crafting)."""
+    number of ``val_split`` items (never used for crafting). An existing ``out`` is refused unless
+    ``overwrite``; a saved crafting state unless ``resume`` or ``restart`` (:func:`prepare_output`)."""
     from .surrogate import load_classifier
 
+    out, state_path = prepare_output(out, resume=resume, restart=restart, overwrite=overwrite)
     dev = _resolve_device(device)
     root = voc.resolve_root(data_root)
     classifier, info = load_classifier(surrogate, dev, weights=weights)
@@ -270,12 +340,12 @@ def craft_uap(
     size = int(size or classifier.input_size or 224)
     images, keys = crafting_set(root, split, kind, size, n_images, cfg.seed)
     sig = {"surrogate_sha256": info.get("sha256") or info.get("weights"), "data_ids_hash": ids_hash(keys), "size": size}
-    state_path = state_path_for(out)
     res = universal_perturbation(classifier, images, cfg, dev, state_path=state_path, resume=resume, signature=sig,
                                  callback=callback)
     meta: dict[str, Any] = {
         "method": "uap", "norm": cfg.norm, "xi": cfg.xi, "algorithm": "Moosavi-Dezfooli et al. 2017 (DeepFool inner step), batched",
-        "source_model": {k: info.get(k) for k in ("name", "kind", "arch", "sha256", "weights", "metrics") if info.get(k) is not None},
+        "source_model": {k: info.get(k) for k in ("name", "kind", "arch", "width_per_group", "sha256", "weights", "metrics")
+                         if info.get(k) is not None},
         "prior": f"data: {len(keys)} {kind} of {split}",
         "data": {"root": str(root), "split": split, "crafting_set": kind, "n_images": len(keys), "ids_hash": ids_hash(keys), "size": size},
         "seed": cfg.seed, "config": asdict(cfg), "iterations": res.passes, "passes": res.passes,
@@ -289,10 +359,7 @@ def craft_uap(
         meta["val_fooling_rate"] = fooling_rate(classifier, val_images, res.v.to(dev), None, cfg.batch_size, dev, cfg.clip)
         meta["val_fooling_rate_on"] = f"{len(val_keys)} {kind} of {val_split}"
     meta.update(extra_meta or {})
-    pert = save_perturbation(out, res.v.numpy(), meta)
-    if state_path.exists():
-        state_path.unlink()
-    return pert
+    return write_result(out, res.v.numpy(), meta, state_path)
 
 
 def _versions() -> dict[str, str]:

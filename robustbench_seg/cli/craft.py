@@ -14,14 +14,23 @@ def _layers(text: str) -> tuple[str, ...]:
 
 
 def _add_crafting_io(p) -> None:
-    """--data, --out and --preset, the same for `craft uap` and `craft gd-uap`."""
+    """--data, --out, --overwrite, --restart and --preset, the same for `craft uap` and `craft gd-uap`."""
+    from ..attacks.recipes import UAP_PRESETS
+
     add_data_arg(p)
-    p.add_argument("--out", required=True, metavar="NAME", help="output name (bare name: the shipped perturbations/ folder) or path")
-    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="default settings (default: paper)")
+    p.add_argument("--out", required=True, metavar="NAME",
+                   help="output path; a bare name writes ./NAME.npy + ./NAME.json in the current folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved state of an unfinished craft of --out and start over (else --resume continues it)")
+    p.add_argument("--preset", default="tiny", choices=list(UAP_PRESETS),
+                   help="default settings (default: tiny, as `rbseg train`; paper = the published settings, a GPU job; "
+                        "micro = the smoke test)")
 
 
 def register(subparsers) -> None:
     from ..attacks.gduap import PRIORS
+    from ..attacks.recipes import UAP_PRESETS
     from ..attacks.surrogate import PRESETS as SURROGATE_PRESETS
     from ..attacks.surrogate import SURROGATE_ARCHS
 
@@ -32,7 +41,8 @@ def register(subparsers) -> None:
         "uap", help="UAP (Moosavi-Dezfooli et al. 2017) with DeepFool on a classifier",
         description="UAP on a classifier: torchvision's ImageNet resnet152 / googlenet (weights via the weights API "
                     "or --weights PATH) or a checkpoint from `rbseg train-surrogate`. Options left out take the "
-                    "--preset's value (paper: xi 10, l-inf, delta 0.2, 10 passes, overshoot 0.02, 10 classes).")
+                    "--preset's value (paper: xi 10, l-inf, delta 0.2, 10 passes, overshoot 0.02, 10 classes, DeepFool at "
+                    "most 10 steps). The estimated time is printed before crafting starts.")
     p.add_argument("--surrogate", required=True, metavar="resnet152|googlenet|CKPT", help="the classifier to attack")
     _add_crafting_io(p)
     p.add_argument("--xi", type=float, help="radius in 0-255 units (10)")
@@ -41,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-passes", type=int, help="passes over the data at most (paper 10, tiny 2)")
     p.add_argument("--overshoot", type=float, help="DeepFool overshoot (0.02)")
     p.add_argument("--num-classes", type=int, help="DeepFool candidate classes (10)")
-    p.add_argument("--max-iter-df", type=int, help="DeepFool iterations at most (50)")
+    p.add_argument("--max-iter-df", type=int, help="DeepFool iterations at most (10, the authors' universal_pert.py)")
     p.add_argument("--images", type=int, metavar="N", help="crafting-set size (paper 10000, tiny 64; all when fewer)")
     p.add_argument("--batch-size", type=int, metavar="B", help="mini-batch of images per DeepFool call (32)")
     p.add_argument("--seed", type=int, help="seed for the subset and the shuffles (0)")
@@ -57,7 +67,8 @@ def register(subparsers) -> None:
         "gd-uap", help="GD-UAP (Mopuri et al. 2018) on a segmentation model's encoder",
         description="GD-UAP on a segmentation model (zoo name or checkpoint): maximise the log-norms of the encoder's "
                     "ReLU activations; validate by segmentation fooling rate; keep the best. Options left out take "
-                    "the --preset's value (paper: 513x513, 40000 iterations, validation every 400, patience 10).")
+                    "the --preset's value (paper: 513x513, 40000 iterations, validation every 400, patience 10). The "
+                    "validation images are disjoint from the prior's data (--val-data).")
     p.add_argument("--source", required=True, metavar="MODEL", help="zoo name or checkpoint of the source model")
     p.add_argument("--prior", required=True, choices=list(PRIORS), help="none (R-No), range, partial (R-Part), all (R-All)")
     _add_crafting_io(p)
@@ -66,7 +77,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-iters", type=int, help="iterations at most (paper 40000, tiny 400)")
     p.add_argument("--val-every", type=int, help="validate every N iterations (paper 400, tiny 50)")
     p.add_argument("--val-images", type=int, help="validation images (paper 1000, tiny 32)")
-    p.add_argument("--val-split", help="split the validation images come from (train)")
+    p.add_argument("--val-data", choices=["auto", "heldout", "range"],
+                   help="validation data: heldout = --val-images images of --val-split held out of the prior's images; "
+                        "range = range-prior noise images (no data); auto (default) = heldout for all/partial or when "
+                        "--val-split is given, range for none/range")
+    p.add_argument("--val-split", help="split the held-out validation images come from (default: --prior-split)")
     p.add_argument("--patience", type=int, help="validations without improvement before stopping (paper 10, tiny 4)")
     p.add_argument("--batch-size", type=int, help="prior samples per iteration (8)")
     p.add_argument("--lr", type=float, help="Adam learning rate (0.1)")
@@ -84,13 +99,18 @@ def register(subparsers) -> None:
     p = sub.add_parser(
         "shipped", help="craft the Table 4 perturbations the suite ships (recipes)",
         description="Craft one or all of uap-resnet, uap-googlenet, gduap-rno, gduap-rall, gduap-rpart with their "
-                    "recipe (attacks/recipes.py) into --out-dir (default: the shipped perturbations/ folder).")
+                    "recipe (attacks/recipes.py) into --out-dir; the GD-UAPs are crafted on --source (gduap-source, a model "
+                    "that is not evaluated).")
     p.add_argument("names", nargs="+", metavar="NAME", help="recipe names, or 'all'")
     add_data_arg(p, required=False, help_text="VOC tree (default: the embedded SynthVOC tiny)")
-    p.add_argument("--source", default="baseline", metavar="MODEL", help="GD-UAP source model (default: zoo baseline)")
+    p.add_argument("--source", default="gduap-source", metavar="MODEL",
+                   help="GD-UAP source model, a zoo name or checkpoint that is not an evaluated row "
+                        "(default: gduap-source, trained by `rbseg reproduce`)")
     p.add_argument("--surrogates", default=None, metavar="DIR", help="folder with resnet152.pt / googlenet.pt from train-surrogate")
-    p.add_argument("--out-dir", default=None, metavar="DIR", help="output folder (default: the shipped perturbations/)")
-    p.add_argument("--preset", default="tiny", choices=["paper", "tiny"], help="crafting preset (default: tiny)")
+    p.add_argument("--out-dir", required=True, metavar="DIR",
+                   help="output folder (name the shipped perturbations/ folder explicitly to replace what ships)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing perturbations in --out-dir")
+    p.add_argument("--preset", default="tiny", choices=list(UAP_PRESETS), help="crafting preset (default: tiny)")
     finish_command(p, run_shipped, device=True)
 
     p = subparsers.add_parser(
@@ -101,6 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--arch", required=True, choices=list(SURROGATE_ARCHS), help="architecture")
     add_data_arg(p)
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint path (.pt), or a folder for <arch>.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     p.add_argument("--preset", default="tiny", choices=list(SURROGATE_PRESETS), help="training preset (default: tiny)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
@@ -133,16 +154,20 @@ def run_uap(args) -> int:
         task = progress.add_task("UAP", total=None, info="")
 
         def callback(ev: dict) -> None:
-            if ev["event"] == "batch":
+            if ev["event"] == "estimate":
+                _print_estimate(ev, f"{ev['passes']} pass(es) at most over {ev['images']} images")
+            elif ev["event"] == "batch":
+                prev = ev["previous_pass_fooling_rate"]
+                info = f"fooled so far this pass {ev['fooled_so_far']:.3f}" + (f" (last pass {prev:.3f})" if prev is not None else "")
                 progress.update(task, total=ev["total"], completed=ev["done"],
-                                description=f"UAP pass {ev['pass']}/{cfg.max_passes}", info=f"fooling {ev['fooling_rate']:.3f}")
+                                description=f"UAP pass {ev['pass']}/{cfg.max_passes}", info=info)
             elif ev["event"] == "pass":
                 progress.console.print(f"pass {ev['pass']}: fooling rate {ev['fooling_rate']:.3f}, "
                                        f"{ev['updates']} updates / {ev['deepfool_calls']} DeepFool calls, {ev['elapsed_s']:.1f} s")
 
         pert = craft_uap(args.surrogate, args.data, args.out, cfg=cfg, split=args.split, craft_set=args.craft_set,
                          size=args.size, n_images=n_images, device=args.device, weights=args.weights,
-                         resume=args.resume, callback=callback)
+                         resume=args.resume, callback=callback, restart=args.restart, overwrite=args.overwrite)
     return _report(args, pert)
 
 
@@ -152,7 +177,7 @@ def run_gduap(args) -> int:
 
     over = _overrides(args, {
         "xi": "xi", "max_iters": "max_iters", "val_every": "val_every", "val_images": "val_images",
-        "val_split": "val_split", "patience": "patience", "batch_size": "batch_size", "lr": "lr", "layers": "layers",
+        "val_split": "val_split", "val_data": "val_data", "patience": "patience", "batch_size": "batch_size", "lr": "lr", "layers": "layers",
         "partial_fraction": "partial_fraction", "prior_split": "prior_split", "sat_threshold": "sat_threshold",
         "sat_tol": "sat_tol", "sat_interval": "sat_interval", "fit": "fit", "seed": "seed"})
     if args.size:
@@ -164,7 +189,9 @@ def run_gduap(args) -> int:
         task = progress.add_task("GD-UAP", total=cfg.max_iters, info="")
 
         def callback(ev: dict) -> None:
-            if ev["event"] == "iter":
+            if ev["event"] == "estimate":
+                _print_estimate(ev, f"{ev['iterations']} iterations at most")
+            elif ev["event"] == "iter":
                 best = f"{ev['best']:.3f}" if ev["best"] >= 0 else "-"
                 progress.update(task, completed=ev["iteration"], description=f"GD-UAP {args.prior}",
                                 info=f"objective {ev['objective']:.2f}, saturation {ev['saturation']:.2f}, best fooling {best}")
@@ -175,7 +202,7 @@ def run_gduap(args) -> int:
                 progress.console.print(f"iteration {ev['iteration']}: saturation {ev['saturation']:.3f}, perturbation halved")
 
         pert = craft_gduap(args.source, args.data, args.out, cfg=cfg, device=args.device, resume=args.resume,
-                           callback=callback)
+                           callback=callback, restart=args.restart, overwrite=args.overwrite)
     return _report(args, pert)
 
 
@@ -184,7 +211,6 @@ def run_shipped(args) -> int:
 
     from ..attacks.recipes import SHIPPED, craft_shipped
     from ..errors import RbsegError
-    from ..paths import shipped_perturbations_dir
 
     names = list(SHIPPED) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in SHIPPED]
@@ -197,10 +223,16 @@ def run_shipped(args) -> int:
     surrogates = {}
     if args.surrogates:
         surrogates = {p.stem: p for p in Path(args.surrogates).glob("*.pt")}
-    out_dir = Path(args.out_dir) if args.out_dir else shipped_perturbations_dir()
+    out_dir = Path(args.out_dir).expanduser()
+    if not args.overwrite:  # all refusals before any work
+        from ..attacks.perturbation import refuse_existing_output
+
+        for name in names:
+            refuse_existing_output(out_dir / name, False)
     done = []
     for name in names:
-        pert = craft_shipped(name, args.data, args.source, surrogates, out_dir, args.device, preset=args.preset)
+        pert = craft_shipped(name, args.data, args.source, surrogates, out_dir, args.device, preset=args.preset,
+                             overwrite=args.overwrite)
         m = pert.meta
         done.append({"name": name, "path": str(out_dir / f"{name}.npy"), "fooling_rate": m["fooling_rate"],
                      "crafting_time_s": m["crafting_time_s"]})
@@ -210,6 +242,21 @@ def run_shipped(args) -> int:
     if args.json:
         print_json({"perturbations": done})
     return 0
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_estimate(ev: dict, budget: str) -> None:
+    """The time a craft is expected to take, printed (stderr) before its long loop starts."""
+    upper = f", up to {format_seconds(ev['upper_s'])}" if ev.get("upper_s") else ""
+    err_console.print(f"estimated time: about {format_seconds(ev['estimate_s'])}{upper} for {budget} "
+                      f"(rough estimate from {escape(str(ev.get('basis', 'a timing')))})")
 
 
 def _report(args, pert) -> int:
@@ -241,7 +288,7 @@ def run_train_surrogate(args) -> int:
                                        f"train accuracy {ev['train_acc']:.3f}, {ev['time_s']:.1f} s")
 
         path = train_surrogate(args.arch, args.data, args.out, preset=args.preset, device=args.device, seed=args.seed,
-                               epochs=args.epochs, resume=args.resume, callback=callback)
+                               epochs=args.epochs, resume=args.resume, callback=callback, overwrite=args.overwrite)
     _, info = load_surrogate_checkpoint(path)
     if args.json:
         print_json({"checkpoint": str(path), "sha256": info["sha256"], "arch": info["arch"], "metrics": info["metrics"]})

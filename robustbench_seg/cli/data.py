@@ -1,6 +1,8 @@
 """``rbseg data {check,stats,subsets,synth}``: dataset validation, statistics, subsets, SynthVOC."""
 from __future__ import annotations
 
+import sys
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -50,8 +52,8 @@ def register(subparsers) -> None:
     add_data_arg(p)
     p.add_argument("--split", default="val", help="split to subset (default: val)")
     p.add_argument("--cooccur-splits", type=_split_list, default=["train_aug", "val"], metavar="A,B",
-                   help="splits counted for the co-occurrence matrix (default: train_aug,val; missing ones are "
-                        "dropped and the splits used are reported)")
+                   help="splits counted for the co-occurrence matrix (default: train_aug,val; one without a split "
+                        "list is left out with a warning, and the splits used and missing are reported)")
     finish_command(p, run_subsets)
 
     p = sub.add_parser("synth", help="generate a synthetic VOC tree (SynthVOC)",
@@ -67,7 +69,7 @@ def register(subparsers) -> None:
 # --- check -----------------------------------------------------------------------------------------
 
 def run_check(args) -> int:
-    from ..data.check import check_tree
+    from ..data.check import check_tree, plural
 
     report = check_tree(args.data, strict_sizes=args.strict_sizes, progress=show_progress(args))
     if args.json:
@@ -92,9 +94,9 @@ def run_check(args) -> int:
                 table.add_row(row.file, row.problem)
             console.print(table)
     if report.ok:
-        console.print(f"[green]OK[/green]: no problems ({len(report.warnings)} warnings)")
+        console.print(f"[green]OK[/green]: no problems ({plural(len(report.warnings), 'warning')})")
         return 0
-    console.print(f"[red]{len(report.problems)} problems[/red] ({len(report.warnings)} warnings)")
+    console.print(f"[red]{plural(len(report.problems), 'problem')}[/red] ({plural(len(report.warnings), 'warning')})")
     return 1
 
 
@@ -106,6 +108,7 @@ def _abbrev(name: str) -> str:
 
 
 def run_stats(args) -> int:
+    from ..data.check import plural
     from ..data.stats import dataset_stats, existing_splits
 
     splits = args.splits or existing_splits(args.data, ("train_aug", "val"))
@@ -115,7 +118,7 @@ def run_stats(args) -> int:
     if args.json:
         print_json(stats.to_json())
         return 0
-    freq = Table(title=f"class frequencies over {', '.join(stats.splits)} ({stats.n_images:,} images)")
+    freq = Table(title=f"class frequencies over {', '.join(stats.splits)} ({plural(stats.n_images, 'image')})")
     freq.add_column("class")
     freq.add_column("images", justify="right")
     freq.add_column("%", justify="right")
@@ -139,10 +142,19 @@ def run_stats(args) -> int:
 # --- subsets ---------------------------------------------------------------------------------------
 
 def run_subsets(args) -> int:
-    from ..data.subsets import SUBSET_NAMES, compute_subsets
+    import warnings
 
-    report = compute_subsets(args.data, split=args.split, cooccur_splits=args.cooccur_splits,
-                             progress=show_progress(args))
+    from ..data.subsets import SUBSET_NAMES, CooccurSplitMissing, compute_subsets
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CooccurSplitMissing)
+        report = compute_subsets(args.data, split=args.split, cooccur_splits=args.cooccur_splits,
+                                 progress=show_progress(args))
+    for w in caught:  # one line each on stderr (also with --json, whose stdout stays pure JSON)
+        if issubclass(w.category, CooccurSplitMissing):
+            print(f"rbseg: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print_json(report.to_json())
         return 0
@@ -155,9 +167,8 @@ def run_subsets(args) -> int:
             table.add_row(name, str(len(report.subsets[name])), "")
         else:
             table.add_row(name, "-", f"unavailable: {report.unavailable[name]}")
-    dropped = [s for s in report.requested_cooccur_splits if s not in report.cooccur_splits]
-    if dropped:
-        table.caption = f"co-occurrence splits without a split list, left out: {', '.join(dropped)}"
+    if report.cooccur_splits_missing:
+        table.caption = f"co-occurrence splits without a split list, left out: {', '.join(report.cooccur_splits_missing)}"
     console.print(table)
     return 0
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import sys
+import traceback
+import warnings
 
 from rich import box
 from rich.table import Table
@@ -20,15 +24,20 @@ def register(subparsers) -> None:
                     "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC tiny "
                     "benchmark (generated into the cache on first use).",
     )
-    p.add_argument("--model", required=True, metavar="NAME|CKPT|MODULE:FUNCTION",
-                   help="a zoo name (rbseg zoo list), a checkpoint path, or module:function returning an nn.Module")
+    p.add_argument("--model", required=True, action="append", metavar="NAME|CKPT|MODULE:FUNCTION",
+                   help="a zoo name (rbseg zoo list), a checkpoint path, or module:function returning an nn.Module; "
+                        "several (a comma list, or --model repeated) are evaluated one after another")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="state dict for a module:function model (loaded safely, weights only)")
     add_data_arg(p, required=False,
                  help_text="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'ooc' on SynthVOC)")
     p.add_argument("--perturbations", default="all", metavar="all|none|NAME,...",
-                   help="shipped perturbation names or .npy paths (default: all shipped); clean is always included")
+                   help="shipped perturbation names or .npy paths, 'all' (every shipped one) may be among them "
+                        "(default: all); clean is always included")
+    p.add_argument("--allow-any-magnitude", action="store_true",
+                   help="evaluate a perturbation whose max |v| the loader refuses as implausible (above its xi, or "
+                        "without a JSON sidecar above 32 or below 0.5 in 0-255 units); max |v| is recorded anyway")
     p.add_argument("--subsets", default="all", metavar="all|none|NAME,...",
                    help="paper subsets to score besides the full split (default: all)")
     p.add_argument("--fit", default=DEFAULT_FIT.value, choices=[m.value for m in FitMode],
@@ -47,23 +56,87 @@ def register(subparsers) -> None:
     finish_command(p, run)
 
 
+def model_specs(values) -> list[str]:
+    """The models of repeated ``--model`` options, each possibly a comma list (an existing file whose
+    name holds a comma stays whole), in order, without repeats."""
+    from pathlib import Path
+
+    from ..errors import RbsegError
+
+    specs: list[str] = []
+    for value in values if isinstance(values, (list, tuple)) else [values]:
+        parts = [value] if Path(value).expanduser().is_file() else [s.strip() for s in value.split(",")]
+        if not all(parts):
+            raise RbsegError(f"--model '{value}': an empty model name in the list")
+        specs += parts
+    return list(dict.fromkeys(specs))
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings of the suite (``UserWarning`` subclasses: duplicate ids, unfinished checkpoints, missing
+    co-occurrence splits) as one ``rbseg: warning:`` line each on stderr, when they happen."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning) and (getattr(category, "__module__", "") or "").startswith("robustbench_seg"):
+                print(f"rbseg: warning: {message}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def debug_tracebacks(args: argparse.Namespace):
+    """Under ``rbseg --debug`` the full traceback of a model's own error (the cause of the one-line
+    error) is printed before that line."""
+    from ..errors import RbsegError
+
+    try:
+        yield
+    except RbsegError as exc:
+        if getattr(args, "debug", False) and exc.__cause__ is not None:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import RbsegError
-    from ..evaluation.engine import evaluate
+    from ..evaluation.engine import evaluate, subset_names
+    from ..io import probe_writable
 
     if args.batch_size < 1:
         raise RbsegError(f"--batch-size must be >= 1, got {args.batch_size}")
-    records = evaluate(
-        args.model, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
-        fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json, force=args.force,
-    )
+    specs = model_specs(args.model)
+    if args.weights is not None and len(specs) > 1:
+        raise RbsegError(f"--weights applies to one module:function model, not to {len(specs)} models")
+    wanted_subsets = subset_names(args.subsets)  # bad names fail before any model loads
+    probe_writable(args.out, "results folder")
+    all_records = []
+    with one_line_warnings(), debug_tracebacks(args):
+        for spec in specs:
+            records = evaluate(
+                spec, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
+                fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json,
+                force=args.force, allow_any_magnitude=args.allow_any_magnitude,
+            )
+            all_records += records
+            if not args.json:
+                show_model(args, records, wanted_subsets)
     if args.json:
-        print_json([r.to_dict() for r in records])
-        return 0
+        print_json([r.to_dict() for r in all_records])
+    return 0
+
+
+def show_model(args: argparse.Namespace, records, wanted_subsets: list[str]) -> None:
     console.print(results_table(records))
     if args.show_subsets:
-        console.print(subsets_table(records))
+        console.print(subsets_table(records, wanted_subsets))
     if args.perturbations == "all" and len(records) == 1:
         from ..paths import shipped_perturbations_dir
 
@@ -74,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]{len(unavailable)} subset(s) unavailable on this tree: "
                       + "; ".join(f"{k}: {v}" for k, v in list(unavailable.items())[:3])
                       + (" ..." if len(unavailable) > 3 else "") + "[/dim]")
-    return 0
 
 
 def _fmt(v: float | None, signed: bool = False) -> str:
@@ -115,8 +187,11 @@ def subset_order(names) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
-def subsets_table(records) -> Table:
-    """mIoU per subset; for person-<c> / only-<c> the IoU of class c, as the paper's Table 3 reports."""
+def subsets_table(records, wanted: list[str] | None = None) -> Table:
+    """mIoU per subset; for person-<c> / only-<c> the IoU of class c, as the paper's Table 3 reports.
+
+    ``wanted``: the subsets asked for (``all`` / ``ooc`` always show); None: every recorded subset
+    (a reused result may hold more than were asked for)."""
     from ..constants import VOC_CLASSES
     from ..data.subsets import SUBSET_NAMES, subset_class
 
@@ -126,7 +201,8 @@ def subsets_table(records) -> Table:
     table.add_column("metric")
     for r in records:
         table.add_column(r.perturbation["name"], justify="right")
-    for name in subset_order(records[0].subsets):
+    names = [n for n in records[0].subsets if wanted is None or n in ("all", "ooc") or n in wanted]
+    for name in subset_order(names):
         cls = subset_class(name) if name in SUBSET_NAMES else None
         if cls is None:
             values = [r.miou(name) for r in records]

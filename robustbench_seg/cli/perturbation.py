@@ -27,7 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("src", metavar="SRC", help="the published file (.mat or .npy)")
     p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the file's format")
     p.add_argument("--out", required=True, metavar="NAME",
-                   help="output name (a bare name goes to the shipped perturbations/ folder) or path")
+                   help="output path; a bare name writes ./NAME.npy + ./NAME.json in the current folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--channels", default=None, choices=["rgb", "bgr"],
+                   help="the file's channel order (default: bgr for lts4-mat, as the authors' Caffe pipeline crafts "
+                        "in BGR, see docs/attacks.md; bgr for gduap-npy; rgb for torch-chw); recorded in NAME.json")
     p.add_argument("--axes", default=None,
                    help="axis order: lts4-mat whc (default, as its authors document) or hwc; "
                         "gduap-npy auto (default: from the axis of size 3), nhwc or nchw; torch-chw auto")
@@ -36,6 +40,8 @@ def register(subparsers) -> None:
                         "values are multiplied by 255/S (default: 255 for lts4-mat and gduap-npy, 1 for torch-chw)")
     p.add_argument("--xi", type=float, default=10.0, help="stated l-inf radius in 0-255 units (default 10); larger values are refused")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: from the format)")
+    p.add_argument("--allow-any-magnitude", action="store_true",
+                   help="accept a max |value| below 0.5 (0-255 units), which otherwise means a wrong --scale or format")
     finish_command(p, run_import)
 
     p = sub.add_parser(
@@ -49,6 +55,8 @@ def register(subparsers) -> None:
     add_data_arg(p, required=False, help_text="take the example image from this VOC tree's val split")
     p.add_argument("--fit", default=DEFAULT_FIT.value, choices=[m.value for m in FitMode], help="fit mode for the example")
     p.add_argument("--no-clip", action="store_true", help="do not clip the perturbed example to [0, 255]")
+    p.add_argument("--allow-any-magnitude", action="store_true",
+                   help="show a file whose max |value| is implausible (beyond its xi, or outside 0.5-32 without a JSON sidecar)")
     finish_command(p, run_show)
 
     p = sub.add_parser("list", help="list perturbations (the shipped folder or --dir)",
@@ -60,14 +68,15 @@ def register(subparsers) -> None:
 def run_import(args) -> int:
     from ..attacks.importers import import_perturbation
 
-    pert = import_perturbation(args.format, args.src, args.out, axes=args.axes, scale=args.scale, xi=args.xi, method=args.method)
+    pert = import_perturbation(args.format, args.src, args.out, axes=args.axes, scale=args.scale, xi=args.xi, method=args.method,
+                               channels=args.channels, overwrite=args.overwrite, allow_any_magnitude=args.allow_any_magnitude)
     path = _npy_path(args.out)
     if args.json:
         print_json({"name": pert.name, "path": str(path), "meta": pert.meta})
     else:
         conv = pert.meta["conversion"]
         console.print(f"imported [bold]{pert.name}[/bold] -> {path}  size {pert.size[0]}x{pert.size[1]}, "
-                      f"max |v| {abs(pert.array).max():.4g}; {escape(conv['formula'])}")
+                      f"max |v| {pert.max_abs:.4g}, channels {conv.get('channel_order')}; {escape(conv['formula'])}")
     return 0
 
 
@@ -105,7 +114,7 @@ def run_show(args) -> int:
     from ..attacks.preview import render_preview
     from ..paths import cache_dir
 
-    pert = load_perturbation(args.name)
+    pert = load_perturbation(args.name, allow_any_magnitude=args.allow_any_magnitude)
     path = resolve_perturbation_path(args.name)
     image, image_src = _example_image(args)
     png = Path(args.png) if args.png else cache_dir() / "previews" / f"{pert.name}.png"

@@ -16,7 +16,10 @@ def register(subparsers) -> None:
                     "results record, else the embedded default).",
     )
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default: reports/)")
+    p.add_argument("--out", default="reports-out", metavar="DIR",
+                   help="output folder (default: reports-out/); a folder that already holds files (a previous "
+                        "report, the shipped reports/) needs --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
     add_data_arg(p, required=False,
                  help_text="VOC2012/ folder for the qualitative figures (default: the one the results record)")
     p.add_argument("--models-dir", default=None, metavar="DIR",
@@ -31,12 +34,18 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..reports import build_report
+    from ..reports.build import check_report_out
+    from ..reports.inputs import load_result_index
+    from .evaluate import one_line_warnings
 
+    index = load_result_index(args.results, dataset=args.dataset)  # a missing results folder fails first
+    check_report_out(args.out, overwrite=args.overwrite)
     log = None if args.json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    summary = build_report(
-        args.results, args.out, data_root=args.data, models_dir=args.models_dir, dataset=args.dataset,
-        qualitative=not args.no_qualitative, device=args.device, log=log,
-    )
+    with one_line_warnings():
+        summary = build_report(
+            args.results, args.out, data_root=args.data, models_dir=args.models_dir, dataset=args.dataset,
+            qualitative=not args.no_qualitative, device=args.device, log=log, index=index,
+        )
     if args.json:
         print_json(summary.to_json())
         return 0

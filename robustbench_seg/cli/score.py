@@ -28,6 +28,7 @@ def _pct(v: float | None) -> str:
 
 
 def run_score(args) -> int:
+    from ..data.check import plural
     from ..evaluation.score import score_predictions
 
     result = score_predictions(args.pred_dir, args.data, split=args.split, progress=show_progress(args))
@@ -35,7 +36,7 @@ def run_score(args) -> int:
         print_json(result.to_json())
         return 0
     m = result.metrics
-    summary = Table(title=f"{result.pred_dir} on {result.split} ({result.n_images:,} images)")
+    summary = Table(title=f"{result.pred_dir} on {result.split} ({plural(result.n_images, 'image')})")
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     summary.add_row("mIoU", _pct(m.miou))

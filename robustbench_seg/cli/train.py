@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="ROOT", help="the VOC2012/ folder (holds JPEGImages/)")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write (and to --resume from)")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS),
-                   help="paper: DeepLabv3-ResNet-101, 30 epochs, crop 321, lr 2.5e-4 (needs a GPU); tiny (default): SynthVOC tiny on CPU")
+                   help="paper: DeepLabv3-ResNet-101, 30 epochs, crop 321, lr 2.5e-4 (needs a GPU); ijcv: the SegMix paper's 50 epochs, "
+                        "crop 513; tiny (default): SynthVOC tiny on CPU")
     p.add_argument("--arch", default=None, help="architecture (default: the preset's; see `rbseg zoo archs`)")
     p.add_argument("--split", default="train_aug", help="training split (default: train_aug)")
     p.add_argument("--val-split", default="val", help="split scored after training (default: val; 'none' to skip)")
@@ -39,8 +40,19 @@ def register(subparsers) -> None:
     g.add_argument("--stage2-epochs", type=int, default=None, metavar="N")
     g.add_argument("--stage2-steps", type=int, default=None, metavar="N")
     g.add_argument("--stage2-lr", type=float, default=None, metavar="X", help="default: the preset's (paper: 2.5e-5)")
+    c = p.add_argument_group("SegMix co-occurrence blend (--method binding --blend cm)")
+    c.add_argument("--gamma", type=int, default=None, metavar="G",
+                   help="max unique categories of a pair before the over-limit rule (default 4)")
+    c.add_argument("--cm-delta", default=None, choices=["max", "sym"],
+                   help="max (default): delta = max(d, 1-d), the dominant image weighs more; sym: d ~ Beta as drawn")
+    c.add_argument("--cm-delta-draw", default=None, choices=["batch", "pair"],
+                   help="one delta per batch (default, the paper's pseudo-code) or one per image")
+    c.add_argument("--cm-over-limit", default=None, choices=["delta09", "skip", "none"],
+                   help="pairs over --gamma: delta 0.9 (default, the paper's), not blended (Table 11 max=G), or no rule (max=inf)")
+    c.add_argument("--cm-split", default=None, metavar="SPLIT", help="split whose ground truth C_ss counts (default: --split)")
     m = p.add_argument_group("mixup / cutmix")
-    m.add_argument("--alpha", type=float, default=None, metavar="A", help="Beta(A, A) for lambda (default: mixup 0.2, cutmix 1.0)")
+    m.add_argument("--alpha", type=float, default=None, metavar="A",
+                   help="Beta(A, A) for lambda / SegMix's delta (default: mixup 0.2, cutmix 1.0, cm 0.4; cm: 0 = no blending)")
     s = p.add_argument_group("schedule")
     s.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (overrides the preset's length)")
     s.add_argument("--steps", type=int, default=None, metavar="N", help="optimiser steps (overrides --epochs)")
@@ -64,6 +76,9 @@ def register(subparsers) -> None:
     e.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
     e.add_argument("--num-workers", type=int, default=None, metavar="N", help="data-loading workers (default: the preset's)")
     e.add_argument("--resume", action="store_true", help="continue the run in --out")
+    e.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue although the training data changed (e.g. a fixed corrupt file); "
+                        "the old and new dataset fingerprints are recorded in the checkpoint")
     e.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS", help="also checkpoint every STEPS steps")
     e.add_argument("--val-every", type=int, default=0, metavar="EPOCHS", help="also report val mIoU every N epochs")
     e.add_argument("--quiet", action="store_true", help="no progress display")
@@ -84,8 +99,11 @@ def config_from_args(args: argparse.Namespace):
         stage2_epochs=args.stage2_epochs, stage2_steps=args.stage2_steps, stage2_lr=args.stage2_lr,
         weights_backbone=args.weights_backbone, amp=args.amp, amp_dtype=args.amp_dtype,
         channels_last=args.channels_last, compile=args.compile, device=args.device, seed=args.seed,
-        num_workers=args.num_workers, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        num_workers=args.num_workers, resume=args.resume, accept_data_change=args.accept_data_change,
+        checkpoint_every=args.checkpoint_every,
         val_every=args.val_every, progress=not (args.quiet or args.json),
+        gamma=args.gamma, cm_delta=args.cm_delta, cm_delta_draw=args.cm_delta_draw, cm_over_limit=args.cm_over_limit,
+        cm_split=args.cm_split,
     )
     if args.delta_range is not None:
         opts["delta_range"] = tuple(args.delta_range)

@@ -42,10 +42,24 @@ def register(subparsers) -> None:
     finish_command(ex, run_export)
 
 
+def _models_dir(value: str | None):
+    """An explicit ``--models-dir`` must be an existing folder (one-line error otherwise)."""
+    from pathlib import Path
+
+    from ..errors import RbsegError
+
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise RbsegError("zoo folder not found" if not path.exists() else "not a folder", path)
+    return path
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ..models.zoo import zoo_rows
 
-    rows = zoo_rows(args.models_dir)
+    rows = zoo_rows(_models_dir(args.models_dir))
     if args.json:
         print_json(rows)
         return 0
@@ -75,8 +89,9 @@ def run_verify(args: argparse.Namespace) -> int:
     from ..models.zoo import load_zoo, zoo_checkpoint
 
     report = []
-    for name in load_zoo(args.models_dir):
-        path, entry = zoo_checkpoint(name, args.models_dir)  # raises on a sha256 mismatch
+    models_dir = _models_dir(args.models_dir)
+    for name in load_zoo(models_dir):
+        path, entry = zoo_checkpoint(name, models_dir)  # raises on a sha256 mismatch
         model_from_checkpoint(read_checkpoint(path), path)
         report.append({"name": name, "file": str(path), "sha256": entry["sha256"], "ok": True})
     if args.json:

@@ -46,6 +46,11 @@ PALETTE_FOLDERS = ("SegmentationClass",)  # must be 'P'; other mask folders may 
 NO_MASK_SPLITS = ("test",)
 
 
+def plural(n: int, noun: str, plural_form: str | None = None) -> str:
+    """``n`` and the noun, singular for exactly one: '1 problem', '2 problems', '1,449 ids'."""
+    return f"{n:,} {noun if n == 1 else (plural_form or noun + 's')}"
+
+
 @dataclass(frozen=True)
 class Problem:
     file: str  # path relative to the tree root
@@ -153,9 +158,9 @@ class _Checker:
             extra, missing = sorted(trainval - union), sorted(union - trainval)
             parts = []
             if missing:
-                parts.append(f"{len(missing)} ids of train/val missing (e.g. {', '.join(missing[:3])})")
+                parts.append(f"{plural(len(missing), 'id')} of train/val missing (e.g. {', '.join(missing[:3])})")
             if extra:
-                parts.append(f"{len(extra)} ids in neither train nor val (e.g. {', '.join(extra[:3])})")
+                parts.append(f"{plural(len(extra), 'id')} in neither train nor val (e.g. {', '.join(extra[:3])})")
             self.problem(voc.split_file(self.root, "trainval"), "trainval != train + val: " + "; ".join(parts))
 
     def check_sizes(self, lists: dict[str, list[str]]) -> None:
@@ -169,7 +174,7 @@ class _Checker:
                 continue
             n = self.report.splits[split]
             path = voc.split_file(self.root, split)
-            message = f"{n} ids listed, real VOC 2012 {split} has {expected:,}"
+            message = f"{plural(n, 'id')} listed, real VOC 2012 {split} has {expected:,}"
             if self.report.strict_sizes or n >= expected / 2:
                 self.problem(path, message)
             else:
@@ -248,7 +253,7 @@ class _Checker:
         beyond = [v for v in ids if v > len(objects)]
         if beyond:
             self.problem(path, f"instance ids {beyond[:5]} but {self.rel(voc.annotation_path(self.root, image_id))} "
-                               f"lists {len(objects)} objects")
+                               f"lists {plural(len(objects), 'object')}")
             return
         cls_path = self.root / "SegmentationClass" / f"{image_id}.png"
         if not cls_path.is_file():

@@ -12,7 +12,8 @@ On the evaluated split (VOC 2012 val by default):
   foreground classes are exactly {c, person} / exactly {c}. Table 3 reports the IoU of class c.
 - ``cooc50`` .. ``cooc10``: images with at least two foreground classes in which every pair of
   their classes co-occurs in fewer than T images of the co-occurrence splits (default train_aug and
-  val; a missing split is dropped and the splits used are recorded).
+  val; a split without a split list is dropped with a warning naming its file, and both the splits
+  used and the missing ones are recorded: ``cooccur_splits_used`` / ``cooccur_splits_missing``).
 
 A subset whose annotations the tree lacks for some image of the split is *unavailable* (with the
 reason), never empty: a subset computed on part of the split would silently be a different subset.
@@ -20,6 +21,7 @@ Ids keep the split-list order.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -109,6 +111,16 @@ def _missing_reason(what: str, missing: list[str], total: int) -> str:
     return f"no {what} for {len(missing)} of {total} images (e.g. {examples})"
 
 
+class CooccurSplitMissing(UserWarning):
+    """A requested co-occurrence split has no split list: it is left out of the co-occurrence counts."""
+
+
+def cooccur_missing_message(root: Path, split: str) -> str:
+    """One line naming the missing split file."""
+    return (f"{voc.split_file(root, split)}: co-occurrence split '{split}' has no split list; "
+            f"left out of the co-occurrence counts (cooc50-cooc10)")
+
+
 @dataclass
 class SubsetReport:
     split: str
@@ -117,12 +129,20 @@ class SubsetReport:
     cooccurrence: np.ndarray  # (21, 21) int64 over cooccur_splits
     cooccur_splits: list[str]  # the splits actually counted
     requested_cooccur_splits: list[str] = field(default_factory=list)
+    cooccur_splits_missing: list[str] = field(default_factory=list)  # requested, but without a split list
+
+    @property
+    def cooccur_splits_used(self) -> list[str]:
+        """The co-occurrence splits actually counted (the name results record)."""
+        return list(self.cooccur_splits)
 
     def to_json(self) -> dict:
         return {
             "split": self.split,
             "subsets": {name: list(ids) for name, ids in self.subsets.items()},
             "unavailable": dict(self.unavailable),
+            "cooccur_splits_used": list(self.cooccur_splits),
+            "cooccur_splits_missing": list(self.cooccur_splits_missing),
             "cooccurrence": {
                 "splits": list(self.cooccur_splits),
                 "classes": list(VOC_CLASSES),
@@ -172,8 +192,11 @@ def compute_subsets(
 
     found.update(class_set_subsets(fg_sets))
 
-    requested = list(cooccur_splits)
+    requested = list(dict.fromkeys(cooccur_splits))
     used = existing_splits(root, requested)
+    missing = [s for s in requested if s not in used]
+    for s in missing:
+        warnings.warn(cooccur_missing_message(root, s), CooccurSplitMissing, stacklevel=2)
     if used:
         cooc = cooccurrence_matrix(merged_class_sets(root, used, progress=progress))
         found.update(cooccurrence_subsets(fg_sets, cooc))
@@ -189,4 +212,5 @@ def compute_subsets(
         cooccurrence=cooc,
         cooccur_splits=used,
         requested_cooccur_splits=requested,
+        cooccur_splits_missing=missing,
     )

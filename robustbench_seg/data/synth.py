@@ -1191,7 +1191,7 @@ def generate(
     if final.exists() and not final.is_dir():
         raise RbsegError("exists and is not a folder", final)
     if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise RbsegError("already holds a dataset; pass overwrite=True (--overwrite) to replace it", final)
+        raise RbsegError("already holds a dataset; pass --overwrite to replace it", final)
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:
         workers = min(p.workers, os.cpu_count() or 1)
@@ -1252,7 +1252,7 @@ def _install(tmp: Path, final: Path, overwrite: bool) -> None:
     if final.is_dir():
         if any(final.iterdir()):
             if not overwrite:
-                raise RbsegError("already holds a dataset; pass overwrite=True (--overwrite) to replace it", final)
+                raise RbsegError("already holds a dataset; pass --overwrite to replace it", final)
             old = final.with_name(f".VOC2012.old-{os.getpid()}")
             os.rename(final, old)
         else:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..constants import NUM_CLASSES
 from ..data import voc
 from ..data.transforms import normalize
 from ..errors import DataError, RbsegError
-from ..io import atomic_torch_save, atomic_write_json, ids_hash, safe_torch_load, sha256_file
+from ..io import atomic_torch_save, atomic_write_json, ids_hash, probe_writable, safe_torch_load, sha256_file
 from ..paths import cache_dir
 from . import results as store
 from .metric import SegMetrics, batched_confusion_matrix, metrics_from_confusion
@@ -193,6 +194,44 @@ def predict_labels(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtyp
 
 # --- the one evaluation loop ---------------------------------------------------------------------
 
+class ModelFailure(RbsegError):
+    """The model's own code raised during a forward pass (the cause is chained: ``rbseg --debug``)."""
+
+
+class NonFiniteLogits(RbsegError):
+    """The model returned NaN or inf logits: they would be scored as class 0 without a word."""
+
+
+class EvaluationWarning(UserWarning):
+    """Something the evaluation records but does not refuse (duplicate ids, an unfinished checkpoint)."""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ids_text(ids: Sequence[str], index: torch.Tensor, limit: int = 4) -> str:
+    names = [ids[k] for k in index.tolist()]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _non_finite_message(model_label: str, finite: torch.Tensor, ids: Sequence[str], index: torch.Tensor,
+                        input_names: Sequence[str] | None, batch_no: int, n_batches: int) -> str:
+    """Which inputs (perturbation x image) of a batch gave NaN/inf logits (only built on failure)."""
+    n_img = len(index)
+    bad = (~finite.cpu()).nonzero().flatten().tolist()
+    per_input: dict[str, list[str]] = {}
+    for k in bad:
+        p, b = divmod(k, n_img)
+        name = input_names[p] if input_names is not None and p < len(input_names) else ("clean" if p == 0 else f"input {p}")
+        per_input.setdefault(name, []).append(ids[int(index[b])])
+    where = "; ".join(f"under '{name}': {', '.join(imgs[:4])}" + (f" and {len(imgs) - 4} more" if len(imgs) > 4 else "")
+                      for name, imgs in per_input.items())
+    return (f"model '{model_label}' returned non-finite logits (NaN or inf) on batch {batch_no} of {n_batches} "
+            f"({where}); refusing to score them")
+
+
 @dataclass
 class PassState:
     """Confusion matrices (P perturbations x S subsets x C x C, int64) after ``batches_done`` batches."""
@@ -223,6 +262,8 @@ def run_pass(
     checkpoint_every_s: float = 60.0,
     progress: bool = False,
     description: str = "evaluating",
+    model_label: str = "model",
+    input_names: Sequence[str] | None = None,
 ) -> PassState:
     """One pass over ``ids``: confusion matrices for every (delta, subset) pair.
 
@@ -233,6 +274,10 @@ def run_pass(
     batch (P deltas x B images of one size) are stacked and sent to the model in chunks of at most
     ``forward_batch`` images (default ``batch_size``), so a batch of one image still runs its P
     inputs together. ``channels_last`` converts the model (in place) and every input to NHWC.
+
+    A model that raises, or returns a NaN/inf logit, stops the pass with one :class:`RbsegError`
+    line naming ``model_label``, the batch, the image ids and (for non-finite logits) the input of
+    ``input_names`` (default: ``clean`` / ``perturbation k``); the finished batches are checkpointed.
     """
     fit = FitMode(fit)
     forward_batch = forward_batch or batch_size
@@ -276,7 +321,25 @@ def run_pass(
                 # every input of this batch (clean and perturbed) as one stack of P x B images,
                 # run in forward chunks of at most `forward_batch` images (all of the same size)
                 stack = torch.cat([x if d is None else apply_perturbation(x, d, fit, clip) for d in fitted[size]])
-                pred = torch.cat([predict_labels(model, chunk, dtype) for chunk in stack.split(forward_batch)])
+                batch_no = state.batches_done + 1
+                try:
+                    logits = [forward_logits(model, chunk, dtype) for chunk in stack.split(forward_batch)]
+                except RbsegError:
+                    raise
+                except Exception as exc:  # a user model's own error: one line naming the model and the batch
+                    raise ModelFailure(
+                        f"model '{model_label}' raised {type(exc).__name__} on batch {batch_no} of {len(batches)} "
+                        f"(images {_ids_text(ids, index)}): {_one_line(exc)} (full traceback: rbseg --debug)"
+                    ) from exc
+                if logits[0].shape[1] != NUM_CLASSES:
+                    raise RbsegError(f"the model returns {logits[0].shape[1]} channels, expected {NUM_CLASSES} (VOC classes)")
+                # non-finite logits would be scored silently (argmax of NaN is 0): one reduction per
+                # image on the device and one host synchronisation per batch
+                finite = torch.cat([torch.isfinite(t).flatten(1).all(1) for t in logits])
+                if not bool(finite.all()):
+                    raise NonFiniteLogits(_non_finite_message(model_label, finite, ids, index, input_names,
+                                                              batch_no, len(batches)))
+                pred = torch.cat([t.argmax(1) for t in logits])
                 per_image = batched_confusion_matrix(pred, target.repeat(n_p, 1, 1), validate=False)
                 # (index came pinned with the batch: no host synchronisation for it on CUDA)
                 counts = torch.einsum("sb,pbk->psk", member[:, index.to(device, non_blocking=True)],
@@ -304,9 +367,12 @@ def progress_bar(enabled: bool, description: str, total: int, done: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a transient bar shows nothing there but leaves an empty line behind
+        return None
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        console=console, transient=True,
     )
     bar.add_task(description, total=total, completed=done)
     bar.start()
@@ -439,6 +505,8 @@ def resolve_model(
         "arch_config": info.get("model") or {},
         "source": info.get("source", "module" if isinstance(model_spec, torch.nn.Module) else None),
         "spec": str(model_spec) if not isinstance(model_spec, torch.nn.Module) else None,
+        # False for the checkpoint of a stopped (or still running) training job
+        "finished": bool(info.get("finished", True)),
     }
     if weights is not None:
         record["weights_sha256"] = sha256_file(weights)
@@ -455,19 +523,46 @@ def shipped_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
-def resolve_perturbations(perturbations) -> list:
-    """``"all"`` (every shipped perturbation), ``"none"``, or names / paths (list or comma string)."""
-    from ..attacks.perturbation import list_perturbations, load_perturbation
+def load_checked_perturbation(name_or_path, allow_any_magnitude: bool = False):
+    """``attacks.perturbation.load_perturbation`` with its magnitude check (``allow_any_magnitude``
+    turns it off; a loader without that option is called without it)."""
+    import inspect
 
-    if perturbations in (None, "all"):
-        names = shipped_order(list_perturbations())
-    elif perturbations in ("none", "", ()):
-        names = []
+    from ..attacks.perturbation import load_perturbation
+
+    if "allow_any_magnitude" in inspect.signature(load_perturbation).parameters:
+        return load_perturbation(name_or_path, allow_any_magnitude=allow_any_magnitude)
+    return load_perturbation(name_or_path)
+
+
+def perturbation_max_abs(p) -> float:
+    """The measured max |v| of a perturbation, in 0-255 units (``Perturbation.max_abs`` when it has one)."""
+    value = getattr(p, "max_abs", None)
+    if value is None:
+        value = float(np.abs(np.asarray(p.array, dtype=np.float32)).max()) if np.asarray(p.array).size else 0.0
+    return float(value)
+
+
+def resolve_perturbations(perturbations, allow_any_magnitude: bool = False) -> list:
+    """``"all"`` (every shipped perturbation), ``"none"``, or names / paths (list or comma string);
+    ``all`` may be mixed with names and paths (``all,x.npy``: the shipped ones, then x)."""
+    from ..attacks.perturbation import list_perturbations
+
+    if perturbations is None:
+        items = ["all"]
     elif isinstance(perturbations, str):
-        names = [p.strip() for p in perturbations.split(",") if p.strip()]
+        items = [p.strip() for p in perturbations.split(",") if p.strip()]
     else:
-        names = [str(p) for p in perturbations]
-    loaded = [load_perturbation(name) for name in dict.fromkeys(names)]
+        items = [str(p) for p in perturbations]
+    names: list[str] = []
+    for item in items:
+        if item == "all":
+            names += shipped_order(list_perturbations())
+        elif item != "none":
+            names.append(item)
+    if "none" in items and len(set(items)) > 1:
+        raise RbsegError("--perturbations 'none' cannot be combined with other perturbations")
+    loaded = [load_checked_perturbation(name, allow_any_magnitude) for name in dict.fromkeys(names)]
     seen: dict[str, str] = {}
     for p in loaded:
         if p.name == "clean":
@@ -495,16 +590,19 @@ def subset_names(subsets) -> list[str]:
     return wanted
 
 
-def resolve_subsets(root: Path, split: str, subsets, ids: Sequence[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+def resolve_subsets(root: Path, split: str, subsets, ids: Sequence[str], with_cooccurrence: bool = False):
     """(subset name -> ids, in the split's order; unavailable name -> reason). ``"all"`` is the full
-    split; on the ``ooc`` split the full split is also recorded as the ``ooc`` subset."""
+    split; on the ``ooc`` split the full split is also recorded as the ``ooc`` subset.
+
+    ``with_cooccurrence``: a third item, (co-occurrence splits used, requested but missing), both
+    None when no subset was computed (``data.subsets`` warns about a missing one)."""
     chosen: dict[str, list[str]] = {"all": list(ids)}
     if split == "ooc":
         chosen["ooc"] = list(ids)
     unavailable: dict[str, str] = {}
     wanted = subset_names(subsets)
     if not wanted:
-        return chosen, unavailable
+        return (chosen, unavailable, (None, None)) if with_cooccurrence else (chosen, unavailable)
     from ..data.subsets import compute_subsets
 
     report = compute_subsets(root, split)
@@ -513,7 +611,22 @@ def resolve_subsets(root: Path, split: str, subsets, ids: Sequence[str]) -> tupl
             chosen[name] = list(report.subsets[name])
         else:
             unavailable[name] = report.unavailable.get(name, "not computed for this split")
-    return chosen, unavailable
+    if not with_cooccurrence:
+        return chosen, unavailable
+    return chosen, unavailable, (list(report.cooccur_splits_used), list(report.cooccur_splits_missing))
+
+
+def duplicate_ids(listed: Sequence[str]) -> dict[str, int]:
+    """id -> how many extra times a split list names it (empty when every id is listed once)."""
+    seen: dict[str, int] = {}
+    for image_id in listed:
+        seen[image_id] = seen.get(image_id, 0) + 1
+    return {i: n - 1 for i, n in seen.items() if n > 1}
+
+
+def _dup_text(duplicates: dict[str, int], limit: int = 5) -> str:
+    items = [f"{i} x{n + 1}" for i, n in list(duplicates.items())[:limit]]
+    return ", ".join(items) + (f" and {len(duplicates) - limit} more" if len(duplicates) > limit else "")
 
 
 def evaluate(
@@ -535,6 +648,7 @@ def evaluate(
     model_name: str | None = None,
     checkpoint_every_s: float = 60.0,
     channels_last: bool | None = None,
+    allow_any_magnitude: bool = False,
 ) -> list[store.ResultRecord]:
     """Evaluate one model clean and under each perturbation, on the full split and every subset.
 
@@ -542,6 +656,10 @@ def evaluate(
     each also written to ``out`` (see ``results.py`` for the layout). Work whose result is already
     stored under the same cache key is skipped; an interrupted pass resumes from its partial file.
     ``channels_last`` (None: :func:`default_channels_last`) converts the model in place.
+    ``allow_any_magnitude`` evaluates perturbations whose max |v| the loader would refuse as
+    implausible; the measured max |v| is recorded with every result either way. Duplicate ids in the
+    split list and an unfinished checkpoint are evaluated with an :class:`EvaluationWarning` and
+    recorded (``protocol.duplicate_ids``, ``model.finished``).
     """
     try:
         fit = FitMode(fit)
@@ -552,19 +670,29 @@ def evaluate(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     channels_last = default_channels_last(dev) if channels_last is None else bool(channels_last)
-    perts = resolve_perturbations(perturbations)
+    perts = resolve_perturbations(perturbations, allow_any_magnitude)
     subset_names(subsets)  # validate the names early
+    probe_writable(out, "results folder")  # a read-only or full disk fails before any work
     model, model_rec = resolve_model(model_spec, dev, weights, model_name)  # bad input fails before any data work
+    if not model_rec.get("finished", True):
+        warnings.warn(f"model '{model_rec['name']}' comes from an unfinished training run (the checkpoint of a "
+                      "stopped or running job); its results are recorded with model.finished = false",
+                      EvaluationWarning, stacklevel=2)
     if data_root is None:
         from ..data.synth import default_dataset
 
         data_root = default_dataset(progress=progress)
     root = voc.resolve_root(data_root)
-    ids = list(dict.fromkeys(voc.read_split(root, split)))
+    listed = voc.read_split(root, split)
+    ids = list(dict.fromkeys(listed))
     if not ids:
         raise DataError(f"split '{split}' lists no ids", voc.split_file(root, split))
+    duplicates = duplicate_ids(listed)
+    if duplicates:
+        warnings.warn(f"{voc.split_file(root, split)}: {sum(duplicates.values())} duplicate id(s) evaluated once "
+                      f"({_dup_text(duplicates)}); recorded as protocol.duplicate_ids", EvaluationWarning, stacklevel=2)
     fingerprint = data_fingerprint(root, split, ids)
-    subset_ids, unavailable = resolve_subsets(root, split, subsets, ids)
+    subset_ids, unavailable, cooc = resolve_subsets(root, split, subsets, ids, with_cooccurrence=True)
     subset_hashes = {name: ids_hash(s) for name, s in subset_ids.items()}
 
     protocol = {
@@ -572,9 +700,13 @@ def evaluate(
         "n_images": len(ids), "fit": fit.value, "clip": bool(clip), "dtype": DTYPE_NAMES[torch_dtype],
         "device": str(dev) if dev.type != "cuda" else f"cuda ({torch.cuda.get_device_name(dev)})",
         "batch_size": int(batch_size), "channels_last": bool(channels_last), **_versions(), "seed": SEED,
+        # the splits the cooc<T> subsets counted co-occurrences over (null: no subset computed)
+        "cooccur_splits_used": cooc[0], "cooccur_splits_missing": cooc[1],
+        "duplicate_ids": {"count": sum(duplicates.values()), "ids": dict(sorted(duplicates.items()))},
     }
-    inputs = [(None, {"name": "clean", "sha256": None, "meta": {}})] + [
-        (p, {"name": p.name, "sha256": p.sha256, "meta": p.meta}) for p in perts
+    inputs = [(None, {"name": "clean", "sha256": None, "meta": {}, "max_abs": 0.0})] + [
+        (p, {"name": p.name, "sha256": p.sha256, "meta": p.meta, "max_abs": perturbation_max_abs(p),
+             **({"allow_any_magnitude": True} if allow_any_magnitude else {})}) for p in perts
     ]
     done: dict[str, store.ResultRecord] = {}
     todo = []
@@ -645,6 +777,8 @@ class _Job:
             channels_last=self.protocol["channels_last"], batches=batches, state=state, checkpoint=save_partial,
             checkpoint_every_s=checkpoint_every_s, progress=progress,
             description=f"{self.model_rec['name']}: {len(todo)} input(s) x {len(self.ids)} images",
+            model_label=str(self.model_rec.get("spec") or self.model_rec["name"]),
+            input_names=[rec["name"] for _, rec in todo],
         )
         records, created = [], store.now_utc()
         for p, (_, pert_rec) in enumerate(todo):

@@ -12,6 +12,7 @@ Layout under ``out``:
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,11 @@ from ..data import voc
 from ..data.voc import write_index_png
 from ..errors import DataError, RbsegError
 from ..io import atomic_write_bytes
+from ..io import probe_writable
 from .engine import (
-    EvalImages, at_input_size, batch_loader, default_num_workers, forward_outputs, image_size, progress_bar,
-    resolve_device, resolve_dtype, resolve_model, size_batches,
+    EvalImages, EvaluationWarning, ModelFailure, NonFiniteLogits, _ids_text, _one_line, at_input_size, batch_loader,
+    default_num_workers, forward_outputs, image_size, progress_bar, resolve_device, resolve_dtype, resolve_model,
+    size_batches,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -98,13 +101,20 @@ def predict_images(
         raise RbsegError("no images to predict")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    model, model_rec = resolve_model(model_spec, dev, weights, model_name)
     out = Path(out)
+    probe_writable(out, "output folder")  # a read-only or full disk fails before the model runs
+    model, model_rec = resolve_model(model_spec, dev, weights, model_name)
+    if not model_rec.get("finished", True):
+        warnings.warn(f"model '{model_rec['name']}' comes from an unfinished training run (the checkpoint of a "
+                      "stopped or running job)", EvaluationWarning, stacklevel=2)
+    label = str(model_rec.get("spec") or model_rec["name"])
+    names = [p.name for p in paths]
     label_dir = out / (SUBMISSION_DIR if voc_submission else Path("pred"))
     batches = size_batches([image_size(p) for p in paths], batch_size)
     loader = batch_loader(EvalImages(paths), batches, dev, default_num_workers(dev) if num_workers is None else num_workers)
     written_conf: set[Path] = set()
     bar = progress_bar(progress, f"predicting {len(paths)} images", len(batches), 0)
+    batch_no = 0
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -112,9 +122,24 @@ def predict_images(
                     raise RbsegError(batch)
                 images, _, index = batch
                 x = images.to(dev).float()
-                outputs = forward_outputs(model, x, torch_dtype)
-                size = x.shape[-2:]
-                logits = at_input_size(outputs["out"], size).float()
+                batch_no += 1
+                try:
+                    outputs = forward_outputs(model, x, torch_dtype)
+                    size = x.shape[-2:]
+                    logits = at_input_size(outputs["out"], size).float()
+                except RbsegError:
+                    raise
+                except Exception as exc:  # the model's own error: one line (traceback: rbseg --debug)
+                    raise ModelFailure(
+                        f"model '{label}' raised {type(exc).__name__} on batch {batch_no} of {len(batches)} "
+                        f"(images {_ids_text(names, index)}): {_one_line(exc)} (full traceback: rbseg --debug)"
+                    ) from exc
+                finite = torch.isfinite(logits).flatten(1).all(1)
+                if not bool(finite.all()):
+                    bad = [names[int(index[b])] for b in (~finite.cpu()).nonzero().flatten().tolist()]
+                    raise NonFiniteLogits(f"model '{label}' returned non-finite logits (NaN or inf) on batch {batch_no} "
+                                          f"of {len(batches)} (images {', '.join(bad[:4])}"
+                                          + (f" and {len(bad) - 4} more" if len(bad) > 4 else "") + ")")
                 labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
                 conf = {}
                 if confidence:

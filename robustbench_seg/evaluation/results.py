@@ -210,6 +210,7 @@ def subset_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fit": proto.get("fit"), "clip": proto.get("clip"), "perturbation": r["perturbation"]["name"],
                 "subset": subset, "dtype": proto.get("dtype"), "n_images": entry.get("n_images"),
                 "miou": entry["metrics"].get("miou"), "created": r.get("created", ""),
+                "model_sha256": r["model"].get("sha256"), "perturbation_sha256": r["perturbation"].get("sha256"),
             })
     return rows
 
@@ -247,12 +248,28 @@ def read_expected(path: str | Path) -> list[dict[str, Any]]:
     return data["entries"]
 
 
+# what each status of the check means; FAILING ones make ``rbseg check`` exit 1
+STATUSES = {
+    "ok": "within the tolerance",
+    "improved": "more than the tolerance above the expected value (reported, not a failure)",
+    "regressed": "more than the tolerance below the expected value",
+    "missing": "the result was evaluated but lacks this value (or, with require_all, was not evaluated)",
+    "different model": "recorded for a model whose sha256 differs from the expected entry's",
+    "different perturbation": "recorded under a perturbation whose sha256 differs from the expected entry's",
+    "not evaluated": "no result for this model, dataset, split, fit, clip and perturbation (not a failure "
+                     "unless require_all)",
+    "new": "recorded but not expected (not a failure)",
+}
+FAILING = ("regressed", "missing", "different model", "different perturbation")
+RECORD_KEY = ENTRY_KEY[:-1]  # an expected entry without its subset: one result file
+
+
 @dataclass
 class CheckRow:
     entry: dict[str, Any]  # the expected entry (or the recorded one, for status "new")
     expected: float | None
     actual: float | None
-    status: str  # ok | improved | regressed | missing | new
+    status: str  # a key of STATUSES
 
     @property
     def diff(self) -> float | None:
@@ -272,7 +289,7 @@ class CheckReport:
 
     @property
     def failures(self) -> list[CheckRow]:
-        return [r for r in self.rows if r.status in ("regressed", "missing")]
+        return [r for r in self.rows if r.status in FAILING]
 
     @property
     def passed(self) -> bool:
@@ -289,20 +306,28 @@ def _finite(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def check_results(results_dir: str | Path, expected: str | Path, tolerance: float = 0.5) -> CheckReport:
+def check_results(results_dir: str | Path, expected: str | Path, tolerance: float = 0.5,
+                  require_all: bool = False) -> CheckReport:
     """Compare every expected mIoU with the recorded one.
 
-    ``regressed``: more than ``tolerance`` points below; ``missing``: no recorded value (or an
-    undefined one where a number was expected); ``improved``: more than ``tolerance`` above;
-    ``new``: recorded but not expected (reported, not a failure). Where several dtypes were recorded
-    for one entry, the one matching the expected dtype is used, else the newest.
+    Only what was evaluated is checked: an expected entry whose result (model, dataset, split, fit,
+    clip, perturbation) is absent is ``not evaluated`` (a failure, ``missing``, with
+    ``require_all``). ``regressed``: more than ``tolerance`` points below; ``missing``: the result
+    lacks the subset's value (or holds an undefined one where a number was expected);
+    ``different model`` / ``different perturbation``: the recorded sha256 differs from the one the
+    expected entry records (entries written before sha256s were recorded are compared by value
+    only); ``improved``: more than ``tolerance`` above (reported, not a failure); ``new``: recorded
+    but not expected. Where several dtypes were recorded for one entry, the one matching the
+    expected dtype is used, else the newest.
     """
     if tolerance < 0:
         raise RbsegError(f"tolerance must be >= 0, got {tolerance}")
     wanted = read_expected(expected)
     by_key: dict[tuple, list[dict[str, Any]]] = {}
+    evaluated: set[tuple] = set()
     for row in subset_rows(load_results(results_dir)):
         by_key.setdefault(_entry_key(row), []).append(row)
+        evaluated.add(tuple(row[f] for f in RECORD_KEY))
     rows: list[CheckRow] = []
     seen = set()
     for e in wanted:
@@ -312,7 +337,13 @@ def check_results(results_dir: str | Path, expected: str | Path, tolerance: floa
         same_dtype = [c for c in cands if c["dtype"] == e.get("dtype")]
         pick = max(same_dtype or cands, key=lambda c: c["created"]) if cands else None
         exp, act = _finite(e["miou"]), _finite(pick["miou"]) if pick else None
-        if pick is None or (act is None and exp is not None):
+        if pick is None and k[:-1] not in evaluated:
+            status = "missing" if require_all else "not evaluated"
+        elif pick is not None and e.get("model_sha256") and pick.get("model_sha256") != e["model_sha256"]:
+            status = "different model"
+        elif pick is not None and e.get("perturbation_sha256") and pick.get("perturbation_sha256") != e["perturbation_sha256"]:
+            status = "different perturbation"
+        elif pick is None or (act is None and exp is not None):
             status = "missing"
         elif exp is None:
             status = "ok" if act is None else "improved"

@@ -6,11 +6,16 @@
      "kind": "training" | "inference",
      "model": {"arch", "num_classes", "binding", "fbh", "fbh_hidden"},   # enough to rebuild it
      "state_dict": {...},              # fp32 (training) or fp16 floats (inference, the zoo)
-     "method": "binding", "training": {full TrainConfig}, "dataset": {name, split, fingerprint, ...},
-     "progress": {"stage", "epoch", "step_in_epoch", "global_step", "finished"},
+     "method": "binding", "training": {what ran: training.record.recorded_config},
+     "dataset": {name, split, fingerprint, data_changes: [...]},
+     "finished": False until the last step, then True (training checkpoints),
+     "progress": {"stage", "epoch", "step_in_epoch", "global_step", "finished", "world_size"},
      "metrics": {"val_miou", ...}, "versions": {"rbseg", "torch", "torchvision", "python"},
      "created": "...Z",
-     "resume": {"optimizer", "scheduler", "scaler", "rng"}}   # training checkpoints only
+     "resume": {"optimizer", "scheduler", "scaler", "rng", "options"}}   # training checkpoints only
+
+``training`` of checkpoints written before issue 10 is the full TrainConfig (no ``format`` key);
+``resume.options`` (the full resolved option set a ``--resume`` must match) is then absent.
 
 Anything else (a foreign pickle, a truncated file, a state dict that does not fit the recorded
 architecture) raises :class:`CheckpointError` naming the file.
@@ -90,6 +95,26 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+def checkpoint_finished(ckpt: dict) -> bool:
+    """Whether the checkpoint holds a finished training run.
+
+    The top-level ``finished`` flag when recorded (every training checkpoint since issue 10: False
+    until the last step); else an inference checkpoint (an export, which requires a finished run)
+    counts as finished, and an older training checkpoint is finished when its progress says so, or,
+    lacking that, when its step count reached the recorded schedule.
+    """
+    if "finished" in ckpt:
+        return bool(ckpt["finished"])
+    if ckpt.get("kind") == "inference":
+        return True
+    progress = ckpt.get("progress") or {}
+    if "finished" in progress:
+        return bool(progress["finished"])
+    steps = (ckpt.get("training") or {}).get("steps")
+    step = progress.get("global_step")
+    return isinstance(steps, int) and isinstance(step, int) and step >= steps
+
+
 def build_from_config(cfg: dict, path: str | Path | None = None) -> nn.Module:
     from . import build_model
 
@@ -117,11 +142,52 @@ def model_from_checkpoint(ckpt: dict, path: str | Path | None = None) -> nn.Modu
     return load_state(model, ckpt["state_dict"], path)
 
 
-def inference_checkpoint(ckpt: dict, dtype: torch.dtype = torch.float16) -> dict:
-    """Compact copy for shipping: floating tensors in ``dtype``, no optimiser/RNG state."""
+def cast_state_dict(state: dict, dtype: torch.dtype = torch.float16,
+                    path: str | Path | None = None) -> tuple[dict, dict[str, str]]:
+    """Floating tensors cast to ``dtype``, checked: ``(cast state, {name: why kept})``.
+
+    A tensor holding NaN or inf raises :class:`CheckpointError` naming it (a broken model: no dtype
+    helps). A tensor that the cast would break keeps its own dtype (float32), with the reason: one
+    whose largest |v| overflows ``dtype`` (fp16: |v| > 65504 becomes inf), or one whose non-zero
+    values all become 0 (every value below fp16's smallest subnormal, ~6e-8: all precision lost).
+    """
+    out: dict = {}
+    kept: dict[str, str] = {}
+    name = str(dtype).removeprefix("torch.")
+    for key, v in state.items():
+        if not v.is_floating_point():
+            out[key] = v
+            continue
+        if not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"tensor '{key}' holds NaN or inf values: the model is broken, not exporting it", path)
+        cast = v.to(dtype)
+        nonzero = v != 0
+        vmax = float(v.abs().max()) if v.numel() else 0.0
+        if not bool(torch.isfinite(cast).all()):
+            kept[key] = f"max |v| {vmax:.6g} overflows {name} (max {torch.finfo(dtype).max:g})"
+        elif bool(nonzero.any()) and not bool((cast[nonzero] != 0).any()):
+            kept[key] = f"every non-zero value (max |v| {vmax:.3g}) becomes 0 in {name}"
+        out[key] = v if key in kept else cast
+    return out, kept
+
+
+def inference_checkpoint(ckpt: dict, dtype: torch.dtype = torch.float16, path: str | Path | None = None) -> dict:
+    """Compact copy for shipping: floating tensors in ``dtype``, no optimiser/RNG state.
+
+    Checked by :func:`cast_state_dict`: a non-finite tensor is refused; a tensor that would overflow
+    or vanish in ``dtype`` stays float32, is listed under ``"full_precision_tensors"`` (name -> reason)
+    and named in a one-line warning. ``path``: the source file, named in errors.
+    """
     out = {k: v for k, v in ckpt.items() if k != "resume"}
     out["kind"] = "inference"
-    out["state_dict"] = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    out["state_dict"], kept = cast_state_dict(ckpt["state_dict"], dtype, path)
+    if kept:
+        import warnings
+
+        out["full_precision_tensors"] = kept
+        warnings.warn(f"kept {len(kept)} tensor{'s' if len(kept) != 1 else ''} in float32 (the "
+                      f"{str(dtype).removeprefix('torch.')} cast would break them): "
+                      + "; ".join(f"{k}: {why}" for k, why in kept.items()), stacklevel=2)
     return out
 
 

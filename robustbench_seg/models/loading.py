@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from ..errors import CheckpointError, RbsegError
 from ..io import safe_torch_load, sha256_file
-from .checkpoint import load_state, model_from_checkpoint, num_parameters, read_checkpoint, state_sha256
+from .checkpoint import checkpoint_finished, load_state, model_from_checkpoint, num_parameters, read_checkpoint, state_sha256
 from .zoo import load_zoo, zoo_checkpoint
 
 _MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -23,7 +24,14 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", weights: st
     rbseg checkpoint, or ``module:function`` (a builder returning an ``nn.Module``; ``weights``
     then names a state dict file, or a dict holding one under ``state_dict``/``model``, loaded with
     ``weights_only=True``). ``info`` holds name, source, arch, method, sha256, model/config/dataset
-    sections and the recorded val mIoU where known.
+    sections, the recorded val mIoU where known, and ``finished`` (bool: False for the checkpoint of
+    a training run that has not reached its last step; True for exports, zoo files and modules).
+
+    A ``module:function`` spec is imported as Python would; when its top-level module is not found
+    there, the current folder is tried too (like ``python -m``), so ``mymodel.py`` beside the user
+    is found without PYTHONPATH. A builder (or the module's import) that raises gives one
+    :class:`ModelBuildError` line ``type: message`` naming the spec; the original exception is
+    chained (``rbseg --debug`` shows its traceback).
     """
     spec_s = str(spec)
     if weights is not None and not _MODULE_SPEC.match(spec_s):
@@ -65,22 +73,61 @@ def _from_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict]:
         "dataset": ckpt.get("dataset"),
         "val_miou": metrics.get("val_miou"),
         "kind": ckpt.get("kind"),
+        "finished": checkpoint_finished(ckpt),
         "versions": ckpt.get("versions"),
         "num_params": num_parameters(model),
     }
     return model, info
 
 
+class ModelBuildError(RbsegError):
+    """A user's ``module:function`` failed to import or build (the cause is chained: ``rbseg --debug``)."""
+
+
+def _exc_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _import_user_module(module_name: str, spec: str):
+    """Import ``module_name``; when its top-level package is not importable, retry with the current
+    folder on ``sys.path`` (only for that import: it is removed again, so it never shadows later imports)."""
+    top = module_name.split(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != top:
+            raise ModelBuildError(f"cannot import module '{module_name}' for model '{spec}' ({_exc_line(exc)})") from exc
+    except Exception as exc:
+        raise ModelBuildError(f"importing module '{module_name}' for model '{spec}' failed ({_exc_line(exc)})") from exc
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    importlib.invalidate_caches()
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModelBuildError(f"cannot import module '{module_name}' for model '{spec}' ({_exc_line(exc)}; "
+                              f"searched the Python path and the current folder {cwd})") from exc
+    except Exception as exc:
+        raise ModelBuildError(f"importing module '{module_name}' for model '{spec}' failed ({_exc_line(exc)})") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, dict]:
     module_name, func_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RbsegError(f"cannot import module '{module_name}' for model '{spec}' ({exc})") from None
+    module = _import_user_module(module_name, spec)
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise RbsegError(f"module '{module_name}' has no callable '{func_name}'")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as exc:
+        raise ModelBuildError(f"model builder '{spec}' raised {_exc_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise RbsegError(f"'{spec}' returned {type(model).__name__}, expected a torch.nn.Module")
     sha = None
@@ -104,6 +151,7 @@ def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, dict
         "dataset": None,
         "val_miou": None,
         "kind": "module",
+        "finished": True,
         "name": spec,
         "source": "module",
         "num_params": num_parameters(model),

@@ -27,6 +27,8 @@ ZOO_DESCRIPTIONS: dict[str, str] = {
     "binding-cafb": "feature binding with Ca_fb blending: partner from the same category (Table 5a)",
     "binding-wrfb": "feature binding with WR_fb blending: random pairs, fixed delta 0.6 (Table 5a)",
     "binding-mfb": "feature binding with M_fb blending: half random pairs, half standard images (Table 5a)",
+    "segmix": "SegMix (SourceSep-CM): co-occurrence-driven in-batch blending, FBH, denoising stage (IJCV Table 1)",
+    "segmix-no-denoise": "SegMix stage 1 only, no denoising (IJCV Table 11: inf + gamma-thres)",
 }
 ZOO_NAMES: tuple[str, ...] = tuple(ZOO_DESCRIPTIONS)
 

@@ -11,8 +11,11 @@ Layout of ``out_dir``::
 Tables and the results-only figures need nothing but the results. The qualitative figures run the
 evaluated models on a few images: the data is ``data_root``, else the folder the results record
 (when it exists here), else the embedded default when the results come from it; the models are
-the ones the results record (zoo name or checkpoint; ``models_dir`` names another zoo folder, e.g.
-a ``rbseg reproduce`` output), checked against the recorded sha256.
+zoo models (a zoo folder's ``zoo.json``, sha256-verified: ``models_dir`` names another one, e.g.
+a ``rbseg reproduce`` output, else the shipped zoo) or checkpoint files, each used only when its
+sha256 equals the one the result records, or modules handed over by a Python caller (``models``).
+Nothing named in a results file is ever imported or called: a result recorded for a
+``module:function`` model leaves its figures skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -31,6 +34,26 @@ from .inputs import ResultIndex, load_result_index
 from .tables import Table, build_tables, write_table
 
 DEFAULT_DATASET = "SynthVOC-tiny"  # what data.synth.default_dataset() generates
+DEFAULT_OUT = "reports-out"  # never the shipped reports/ (rbseg check's expected.json lives there)
+
+
+def check_report_out(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to write a report into a folder that already holds files (a previous report, the
+    shipped ``reports/``) unless ``overwrite``; then probe that the folder can be written."""
+    from ..io import probe_writable
+    from ..paths import shipped_reports_dir
+
+    out = Path(out_dir)
+    if out.is_file():
+        raise RbsegError("is a file, not a report folder", out)
+    if out.is_dir() and not overwrite:
+        entries = [p for p in out.iterdir() if not p.name.startswith(".rbseg-probe.")]
+        if entries:
+            shipped = out.resolve() == shipped_reports_dir().resolve()
+            what = "is the shipped reports/ folder" if shipped else f"already holds {len(entries)} file(s) or folder(s)"
+            raise RbsegError(f"{what}; pass --overwrite to replace the report files in it, or choose another --out", out)
+    probe_writable(out, "report folder")
+    return out
 
 
 @dataclass
@@ -43,6 +66,7 @@ class ReportSummary:
     warnings: list[str] = field(default_factory=list)
     data_root: str | None = None
     models: dict[str, dict] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # evaluated input -> why a table leaves it out
 
     def to_json(self) -> dict[str, Any]:
         rel = lambda p: _rel(p, self.out_dir)  # noqa: E731
@@ -57,6 +81,7 @@ class ReportSummary:
             "figures": {f.key: {"title": f.title, "files": {k: rel(p) for k, p in f.files.items()},
                                 "skipped": f.skipped, "missing": f.missing} for f in self.figures},
             "warnings": list(self.warnings),
+            "left_out": dict(self.left_out),
             "index": rel(self.index_html),
         }
 
@@ -70,7 +95,7 @@ def _rel(path: Path, base: Path) -> str:
 
 def build_report(
     results_dir: str | Path = "results",
-    out_dir: str | Path = "reports",
+    out_dir: str | Path = DEFAULT_OUT,
     data_root: str | Path | None = None,
     models_dir: str | Path | None = None,
     dataset: str | None = None,
@@ -78,14 +103,28 @@ def build_report(
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
     index: ResultIndex | None = None,
+    models: dict[str, Any] | None = None,
 ) -> ReportSummary:
-    """Write every table and figure of the paper (and index.html, report.json) into ``out_dir``."""
+    """Write every table and figure of the paper (and index.html, report.json) into ``out_dir``.
+
+    ``models``: {result model name: nn.Module} the caller vouches for (e.g. ``module:function``
+    models it built itself), used by the qualitative figures when their weights' sha256 matches the
+    record. The CLI refuses an ``out_dir`` that holds files (:func:`check_report_out`)."""
     say = log or (lambda msg: None)
     out = Path(out_dir)
     if index is None:
         index = load_result_index(results_dir, dataset=dataset)
     if not index.records:
         raise RbsegError("no rbseg results here (run `rbseg evaluate` first)", results_dir)
+    from ..io import probe_writable
+    from .tables import table4_inputs
+
+    probe_writable(out, "report folder")
+    left_out = table4_inputs(index).left_out
+    for name, why in left_out.items():
+        msg = f"input '{name}': {why} (it is in the all-inputs table, all_inputs)"
+        if msg not in index.warnings:
+            index.warnings.append(msg)
 
     tables = []
     for table in build_tables(index):
@@ -103,14 +142,14 @@ def build_report(
             figures += [figs.FigureResult(k, spec.FIGURE_TITLES[k], skipped=why) for k in ("figure3", "figure5", "figure6", "figure2")]
         else:
             say(f"qualitative figures on {root}")
-            figures += qualitative_figures(index, root, fig_dir, models_dir, device, summary_models)
+            figures += qualitative_figures(index, root, fig_dir, models_dir, device, summary_models, models)
     for f in figures:
         say(f"{f.key}: " + (f"skipped ({f.skipped})" if f.skipped else ", ".join(p.name for p in f.files.values())))
 
     protocol = index.protocol(index.records)
     index_html = atomic_write_text(out / "index.html", render_index(tables, figures, out, protocol, index.warnings, str(results_dir)))
     summary = ReportSummary(out, tables, figures, index_html, protocol, list(index.warnings),
-                            None if root is None else str(root), summary_models)
+                            None if root is None else str(root), summary_models, dict(left_out))
     atomic_write_json(out / "report.json", summary.to_json())
     return summary
 
@@ -147,10 +186,55 @@ def _zoo_checkpoint(models_dir: Path, name: str) -> Path | None:
         return None
 
 
+def _shipped_zoo_checkpoint(name: str) -> Path | None:
+    """The shipped zoo's checkpoint of ``name`` (sha256-verified against zoo.json); None if not a zoo name."""
+    from ..models.zoo import load_zoo, zoo_checkpoint
+
+    try:
+        if name not in load_zoo():
+            return None
+        return zoo_checkpoint(name)[0]
+    except RbsegError:
+        return None
+
+
+def figure_model_candidates(name: str, recorded: dict, models_dir: str | Path | None) -> tuple[list[Path], list[str]]:
+    """(checkpoint files to try, why others are not tried) for a result's model. Only files: a zoo
+    entry (sha256-verified by the zoo) or the recorded checkpoint path when it exists here. A
+    ``module:function`` recorded in the file is never imported."""
+    files: list[Path] = []
+    notes: list[str] = []
+    if models_dir is not None:
+        ckpt = _zoo_checkpoint(Path(models_dir), name)
+        if ckpt is not None:
+            files.append(ckpt)
+    shipped = _shipped_zoo_checkpoint(name)
+    if shipped is not None:
+        files.append(shipped)
+    spec_text = recorded.get("spec")
+    if isinstance(spec_text, str) and spec_text:
+        if recorded.get("source") == "zoo" or spec_text == name:
+            shipped = _shipped_zoo_checkpoint(spec_text)
+            if shipped is not None:
+                files.append(shipped)
+        elif Path(spec_text).expanduser().is_file():
+            files.append(Path(spec_text).expanduser())
+        elif recorded.get("source") == "module" or ":" in spec_text:
+            notes.append(f"recorded as '{spec_text}' (module:function): rbseg never imports code named in a results "
+                         "file; pass the model to build_report(models=...) from Python")
+        else:
+            notes.append(f"checkpoint '{spec_text}' not found here")
+    return list(dict.fromkeys(files)), notes
+
+
 def load_figure_models(
     index: ResultIndex, names: list[str], models_dir: str | Path | None, device: str, split: str = "val",
+    given: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
-    """({name: model in eval mode}, {name: provenance}, problems) for the models the results record."""
+    """({name: model in eval mode}, {name: provenance}, problems) for the models the results record.
+
+    Every model used has the sha256 the result records: zoo and checkpoint files by file hash,
+    ``given`` modules by the hash of their weights."""
     from ..evaluation.engine import resolve_device, resolve_model
 
     dev = resolve_device(device)
@@ -161,29 +245,32 @@ def load_figure_models(
             problems.append(f"model '{name}': no result")
             continue
         recorded = rec.get("model", {})
-        candidates: list[str] = []
-        if models_dir is not None:
-            ckpt = _zoo_checkpoint(Path(models_dir), name)
-            if ckpt is not None:
-                candidates.append(str(ckpt))
-        if recorded.get("spec"):  # zoo name, checkpoint path or module:function, as evaluated
-            candidates.append(str(recorded["spec"]))
-        candidates.append(name)
+        want = recorded.get("sha256")
         errors = []
-        for cand in dict.fromkeys(candidates):
+        if given and name in given:
+            model, mrec = resolve_model(given[name], dev, model_name=name)
+            if want and mrec.get("sha256") != want:
+                errors.append("the model given for it: sha256 of its weights differs from the evaluated model's")
+            else:
+                models[name], info[name] = model, {"spec": "given by the caller", "sha256": mrec.get("sha256")}
+                continue
+        files, notes = figure_model_candidates(name, recorded, models_dir)
+        errors += notes
+        for path in files:
             try:
-                model, mrec = resolve_model(cand, dev, model_name=name)
+                model, mrec = resolve_model(str(path), dev, model_name=name)
             except RbsegError as exc:
                 errors.append(_short(str(exc)))
                 continue
-            if recorded.get("sha256") and mrec.get("sha256") != recorded.get("sha256"):
-                errors.append(f"{cand}: sha256 differs from the evaluated model's")
+            if want and mrec.get("sha256") != want:
+                errors.append(f"{path}: sha256 differs from the evaluated model's")
                 continue
             models[name] = model
-            info[name] = {"spec": cand, "sha256": mrec.get("sha256")}
+            info[name] = {"spec": str(path), "sha256": mrec.get("sha256")}
             break
         else:
-            problems.append(f"model '{name}': cannot load the evaluated model ({'; '.join(errors)})")
+            if name not in models:
+                problems.append(f"model '{name}': cannot load the evaluated model ({'; '.join(errors) or 'no zoo entry or checkpoint file'})")
     return models, info, problems
 
 
@@ -193,13 +280,13 @@ def _short(text: str, limit: int = 240) -> str:
 
 def qualitative_figures(
     index: ResultIndex, root: Path, fig_dir: Path, models_dir: str | Path | None, device: str,
-    provenance: dict[str, dict] | None = None,
+    provenance: dict[str, dict] | None = None, given: dict[str, Any] | None = None,
 ) -> list[figs.FigureResult]:
     """Figures 3, 5, 6 (prediction grids) and Figure 2 (binding confidence maps)."""
     from ..data import voc
 
     wanted = list(dict.fromkeys([*spec.MAIN_METHODS, spec.CONFIDENCE_MODEL]))
-    models, info, problems = load_figure_models(index, wanted, models_dir, device)
+    models, info, problems = load_figure_models(index, wanted, models_dir, device, given=given)
     if provenance is not None:
         provenance.update(info)
     grid_models = {m: models[m] for m in spec.MAIN_METHODS if m in models}

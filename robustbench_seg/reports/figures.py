@@ -47,6 +47,8 @@ class FigureResult:
     skipped: str | None = None
     caption: str = ""
     data: dict = field(default_factory=dict)  # the plotted numbers (series name -> values), when from results
+    ylim: tuple[float, float] | None = None  # the y range drawn (results-only figures)
+    legend: list[str] = field(default_factory=list)  # the legend entries drawn
 
     @property
     def written(self) -> bool:
@@ -76,8 +78,15 @@ def _label(model: str) -> str:
 
 # --- from results alone ---------------------------------------------------------------------------
 
-def figure4(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] = spec.MAIN_METHODS) -> FigureResult:
+def _methods(index: ResultIndex, methods: Sequence[str] | None) -> Sequence[str]:
+    from .tables import main_methods  # the paper's four, then SegMix when evaluated
+
+    return main_methods(index) if methods is None else methods
+
+
+def figure4(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] | None = None) -> FigureResult:
     """mIoU on the ``cooc<T>`` subsets (T = 50 .. 10), one line per method."""
+    methods = _methods(index, methods)
     result = FigureResult("figure4", spec.FIGURE_TITLES["figure4"], caption=(
         "Each point: mIoU on the val images that hold at least two foreground classes, every pair of which "
         "co-occurs in fewer than T images (co-occurrence counted over the co-occurrence splits, default "
@@ -103,39 +112,52 @@ def figure4(index: ResultIndex, out_dir: str | Path, split: str = "val", methods
     ax.set_xticks(x, [f"{t}\n(n={'?' if n is None else n})" for t, n in zip(thresholds, counts)])
     ax.set_xlabel("co-occurrence threshold T")
     ax.set_ylabel("mIoU (%)")
+    # the y axis starts at 0: an auto-zoomed axis makes a 0.6-point spread look dramatic
+    top = max((v for ys in lines.values() for v in ys if not math.isnan(v)), default=1.0)
+    result.ylim = (0.0, float(min(100.0, max(1.0, top * 1.1))))
+    ax.set_ylim(*result.ylim)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    result.legend = [_label(m) for m in lines]
     ax.set_title("mIoU vs co-occurrence threshold", fontsize=10)
     result.files = save_figure(fig, out_dir, "figure4_cooccurrence")
     return result
 
 
-def robustness_chart(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] = spec.MAIN_METHODS) -> FigureResult:
+def robustness_chart(index: ResultIndex, out_dir: str | Path, split: str = "val", methods: Sequence[str] | None = None) -> FigureResult:
     """Table 4 as grouped bars: one group per method, one bar per input (clean + 5 perturbations)."""
+    methods = _methods(index, methods)
+    from .tables import table4_inputs
+
     result = FigureResult("robustness", spec.FIGURE_TITLES["robustness"], caption="The numbers of Table 4.")
-    perts = list(spec.TABLE4_COLUMNS)
+    columns = table4_inputs(index, tuple(methods), split).columns  # Table 4's columns, matched by recorded role
+    keys = list(spec.TABLE4_COLUMNS)
+    perts = [columns[k] for k in keys]
     values, reasons = {}, []
     for model in methods:
         cells = [index.miou(model, p, split) for p in perts]
         reasons += [c.missing for c in cells if c.missing]
         if any(c.ok for c in cells):
-            values[model] = [c.value if c.ok else 0.0 for c in cells]
+            values[model] = [c.value if c.ok else math.nan for c in cells]  # a missing bar is not drawn as 0
     result.missing = group_missing(reasons)
     result.data = values
     if not values:
         result.skipped = "no results for Table 4: " + "; ".join(result.missing)
         return result
+    # only the inputs with at least one bar get a slot and a legend entry
+    drawn = [k for k in range(len(perts)) if any(not math.isnan(v[k]) for v in values.values())]
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
-    width = 0.8 / len(perts)
+    width = 0.8 / len(drawn)
     x = np.arange(len(values))
-    for k, pert in enumerate(perts):
-        group, label = spec.TABLE4_COLUMNS[pert]
-        ax.bar(x + (k - (len(perts) - 1) / 2) * width, [v[k] for v in values.values()], width,
-               label=" ".join(p for p in (group, label) if p))
+    for slot, k in enumerate(drawn):
+        group, label = spec.TABLE4_COLUMNS[keys[k]]
+        ax.bar(x + (slot - (len(drawn) - 1) / 2) * width, [0.0 if math.isnan(v[k]) else v[k] for v in values.values()],
+               width, label=" ".join(p for p in (group, label) if p))
+        result.legend.append(" ".join(p for p in (group, label) if p))
     ax.set_xticks(x, [_label(m) for m in values], fontsize=8)
     ax.set_ylabel("mIoU (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(perts), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.legend(fontsize=7, ncol=len(drawn), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     result.files = save_figure(fig, out_dir, "robustness")
     return result
 

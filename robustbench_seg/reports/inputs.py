@@ -49,6 +49,7 @@ class Cell:
     value: float | None
     n_images: int | None = None
     missing: Missing | None = None
+    mark: str = ""  # a footnote mark shown after the number (e.g. the white-box mark of Table 4)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +100,23 @@ class ResultIndex:
     @property
     def splits(self) -> list[str]:
         return sorted({k[2] for k in self.records})
+
+    @property
+    def perturbations(self) -> list[str]:
+        """Every evaluated perturbation (not ``clean``), by name."""
+        return sorted({k[1] for k in self.records if k[1] != "clean"})
+
+    def perturbation_meta(self, name: str) -> dict:
+        """The recorded ``perturbation.meta`` of ``name`` (from its newest record; {} if none)."""
+        recs = [r for k, r in self.records.items() if k[1] == name]
+        if not recs:
+            return {}
+        meta = (max(recs, key=lambda r: str(r.get("created") or "")).get("perturbation") or {}).get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    def model_sha256(self, model: str, split: str = "val") -> str | None:
+        rec = self.get(model, "clean", split) or next((r for k, r in self.records.items() if k[0] == model), None)
+        return None if rec is None else (rec.get("model") or {}).get("sha256")
 
     def has_split(self, split: str) -> bool:
         return any(k[2] == split for k in self.records)

@@ -13,17 +13,36 @@ METHOD_LABELS: dict[str, str] = {
     "baseline": "DeepLabv3",
     "mixup": "DeepLabv3 + Mixup",
     "cutmix": "DeepLabv3 + CutMix",
-    "binding": "DeepLabv3 + Binding",
+    "binding": "DeepLabv3 + Binding (CC)",
     "binding-no-fbh": "+ Binding (w/o FBH)",
     "binding-no-denoise": "+ Binding (w/o DN)",
     "binding-rfb": "+ Binding (R_fb)",
     "binding-cafb": "+ Binding (Ca_fb)",
     "binding-wrfb": "+ Binding (WR_fb)",
     "binding-mfb": "+ Binding (M_fb)",
+    "segmix": "DeepLabv3 + SegMix (CM)",
+    "segmix-no-denoise": "+ SegMix (w/o DN)",
 }
 
 # The four methods of Tables 1-4 and Figures 3-6, in the paper's row order.
 MAIN_METHODS: tuple[str, ...] = ("baseline", "mixup", "cutmix", "binding")
+# The IJCV 2023 extension's method (SourceSep-CM): a row/line after MAIN_METHODS in Tables 1-4 and
+# Figure 4 whenever the results hold it (IJCV Table 1 layout: DeepLabv3, +Mixup, +CutMix, +CC, +CM).
+SEGMIX_METHODS: tuple[str, ...] = ("segmix",)
+
+# IJCV Table 11 (max unique categories per blended pair, no denoising): model name -> row label.
+# segmix-maxG: `--blend cm --no-denoise --cm-over-limit skip --gamma G`; segmix-maxinf: `--cm-over-limit
+# none`; segmix-no-denoise (zoo): the default `--cm-over-limit delta09` ("inf + gamma-thres").
+TABLE11_ROWS: dict[str, str] = {
+    "segmix-max2": "max = 2",
+    "segmix-max3": "max = 3",
+    "segmix-max4": "max = 4",
+    "segmix-maxinf": "max = inf",
+    "segmix-no-denoise": "inf + gamma-thres",
+}
+# The paper's numbers (VOC 2012 val, DeepLabv3-ResNet-101), quoted in the table's caption.
+TABLE11_PAPER: dict[str, float] = {"segmix-max2": 77.2, "segmix-max3": 77.6, "segmix-max4": 77.7,
+                                   "segmix-maxinf": 77.0, "segmix-no-denoise": 78.3}
 
 # The models evaluated on the out-of-context split (extra table B), when the dataset has one.
 OOC_METHODS: tuple[str, ...] = ("baseline", "binding")
@@ -63,6 +82,22 @@ TABLE4_COLUMNS: dict[str, tuple[str, str]] = {
     "gduap-rall": ("GD-UAP", "R-All"),
     "gduap-rpart": ("GD-UAP", "R-Part"),
 }
+
+# How an evaluated perturbation finds its Table 4 column: by the role its JSON meta records, never
+# by its file name. ``table4_column`` (e.g. "UAP ResNet") when present; else a "uap" crafted on a
+# classifier whose source_model.arch (lower case, without - and _) starts with one of these; else a
+# "gd-uap" whose prior_label / prior is one of these.
+TABLE4_UAP_SOURCE_ARCHS: dict[str, tuple[str, ...]] = {
+    "uap-resnet": ("resnet152",),
+    "uap-googlenet": ("googlenet", "inceptionv1"),
+}
+TABLE4_GDUAP_PRIORS: dict[str, tuple[str, ...]] = {
+    "gduap-rno": ("R-No", "none", "no"),
+    "gduap-rall": ("R-All", "all"),
+    "gduap-rpart": ("R-Part", "partial", "part"),
+}
+# The mark of a Table 4 cell whose perturbation was crafted on the evaluated model itself.
+WHITE_BOX_MARK = "\u2020"  # dagger
 
 # Table 5 (a): blending strategy column -> zoo model ("No" = no blending = the baseline).
 TABLE5A_COLUMNS: dict[str, str] = {
@@ -111,8 +146,10 @@ TITLES: dict[str, str] = {
     "table5a": "Table 5 (a): mIoU (%) of the image blending strategies",
     "table5b": "Table 5 (b): mIoU (%) with and without the denoising stage (DN)",
     "table5c": "Table 5 (c): mIoU (%) with and without the feature binding head (FBH)",
+    "table11": "IJCV Table 11: mIoU (%) of SegMix by the max unique categories of a blended pair (no denoising)",
     "extra_all": "Extra table A: every evaluated model, clean and under each universal perturbation (val)",
     "extra_ooc": "Extra table B: mIoU (%) on the out-of-context split (ooc) beside val",
+    "all_inputs": "Extra table C: mIoU (%) of every evaluated model under every evaluated input",
 }
 
 FIGURE_TITLES: dict[str, str] = {

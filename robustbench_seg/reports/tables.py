@@ -88,10 +88,10 @@ class Table:
         return " ".join([*self.notes, protocol_text(self.protocol)])
 
 
-def format_cell(cell: Cell, kind: str) -> str:
+def format_cell(cell: Cell, kind: str, marks: bool = True) -> str:
     if cell.value is None:
         return MISSING
-    return str(int(cell.value)) if kind == "count" else f"{cell.value:.1f}"
+    return (str(int(cell.value)) if kind == "count" else f"{cell.value:.1f}") + (cell.mark if marks else "")
 
 
 def protocol_text(protocol: dict[str, list]) -> str:
@@ -112,6 +112,18 @@ def _label(model: str) -> str:
     return spec.METHOD_LABELS.get(model, model)
 
 
+def main_methods(index: ResultIndex) -> tuple[str, ...]:
+    """The rows of Tables 1-4 (and lines of Figure 4): the paper's four methods, then SegMix (IJCV) when
+    the results hold it."""
+    present = set(index.models)
+    return spec.MAIN_METHODS + tuple(m for m in spec.SEGMIX_METHODS if m in present)
+
+
+def _segmix_note(index: ResultIndex) -> list[str]:
+    missing = [m for m in spec.SEGMIX_METHODS if m not in set(index.models)]
+    return [f"No results for {', '.join(missing)} (IJCV's +CM): its row is left out."] if missing else []
+
+
 def _count_row(index: ResultIndex, subsets: list[str], models: tuple[str, ...], split: str = "val") -> Row:
     cells = []
     for subset in subsets:
@@ -130,12 +142,13 @@ def _finish(table: Table, index: ResultIndex, keys: list[tuple[str, str, str]]) 
 def table1(index: ResultIndex) -> Table:
     """val mIoU of the four methods; a test block for the methods with test-split results."""
     rows, keys = [], []
+    methods = main_methods(index)
     for split in spec.TABLE1_SPLITS:
-        models = spec.MAIN_METHODS if split == "val" else [m for m in spec.MAIN_METHODS if index.get(m, "clean", split)]
+        models = methods if split == "val" else [m for m in methods if index.get(m, "clean", split)]
         for model in models:
             rows.append(Row(f"{split}/{model}", [split.capitalize(), _label(model)], [index.miou(model, "clean", split)], block=split))
             keys.append((model, "clean", split))
-    notes = ["Full split, no perturbation."]
+    notes = ["Full split, no perturbation."] + _segmix_note(index)
     if not index.has_split("test"):
         notes.append("No test-split results: the test block is left out.")
     return _finish(Table("table1", spec.TITLES["table1"], ["Split", "Method"], [Column("mIoU (%)")], rows, notes=notes), index, keys)
@@ -145,14 +158,15 @@ def table2(index: ResultIndex, split: str = "val") -> Table:
     subsets = list(spec.TABLE2_COLUMNS)
     columns = [Column(label, group) for group, label in spec.TABLE2_COLUMNS.values()]
     columns = [Column(c.label, c.group, flat=c.label) for c in columns]
-    rows = [_count_row(index, subsets, spec.MAIN_METHODS, split)]
-    for model in spec.MAIN_METHODS:
+    methods = main_methods(index)
+    rows = [_count_row(index, subsets, methods, split)]
+    for model in methods:
         rows.append(Row(model, [_label(model)], [index.miou(model, "clean", split, s) for s in subsets]))
     notes = [
         "Occlusion: at least one (1-Occ) / every (All-Occ) object occluded; Number of Objects: exactly k instances; "
         "Number of Unique Objects: exactly k foreground classes. No perturbation."
     ]
-    keys = [(m, "clean", split) for m in spec.MAIN_METHODS]
+    keys = [(m, "clean", split) for m in methods]
     return _finish(Table("table2", spec.TITLES["table2"], ["Method"], columns, rows, notes=notes), index, keys)
 
 
@@ -163,15 +177,16 @@ def table3(index: ResultIndex, split: str = "val") -> Table:
             subsets.append(f"{prefix}-{cls}")
             label = spec.TABLE3_CLASS_LABELS[cls]
             columns.append(Column(label, group, flat=f"{'with person' if prefix == 'person' else 'alone'}: {label}"))
-    rows = [_count_row(index, subsets, spec.MAIN_METHODS, split)]
-    for model in spec.MAIN_METHODS:
+    methods = main_methods(index)
+    rows = [_count_row(index, subsets, methods, split)]
+    for model in methods:
         cells = [index.class_iou(model, VOC_CLASSES[subset_class(s)], s, "clean", split) for s in subsets]
         rows.append(Row(model, [_label(model)], cells))
     notes = [
         "Each cell is the IoU of class c on its subset: images whose foreground classes are exactly {c, person} "
         "(co-occur with person) or exactly {c} (exclusive). No perturbation."
     ]
-    keys = [(m, "clean", split) for m in spec.MAIN_METHODS]
+    keys = [(m, "clean", split) for m in methods]
     return _finish(Table("table3", spec.TITLES["table3"], ["Method"], columns, rows, notes=notes), index, keys)
 
 
@@ -179,13 +194,117 @@ def _perturbation_columns() -> list[Column]:
     return [Column(label, group, flat=" ".join(p for p in (group, label) if p)) for group, label in spec.TABLE4_COLUMNS.values()]
 
 
-def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] = spec.MAIN_METHODS, key: str = "table4") -> Table:
-    perts = list(spec.TABLE4_COLUMNS)
-    rows = [Row(m, [_label(m)], [index.miou(m, p, split) for p in perts]) for m in models]
+def _column_text(key: str) -> str:
+    return " ".join(x for x in spec.TABLE4_COLUMNS[key] if x)
+
+
+def table4_role(meta: dict) -> tuple[str | None, str]:
+    """(the Table 4 column key that a perturbation's recorded role fills, or None; why / why not).
+
+    The role is read from the perturbation's JSON meta: ``table4_column`` when present, else
+    ``method`` with ``source_model.arch`` / ``kind`` (UAP) or ``prior_label`` / ``prior`` (GD-UAP).
+    """
+    meta = meta if isinstance(meta, dict) else {}
+    by_text = {_column_text(k): k for k in spec.TABLE4_COLUMNS if k != "clean"}
+    column = meta.get("table4_column")
+    if isinstance(column, str) and column:
+        if column in by_text:
+            return by_text[column], f"recorded table4_column '{column}'"
+        return None, f"its recorded table4_column '{column}' is none of Table 4's columns"
+    method = str(meta.get("method") or "").lower().replace("_", "-")
+    source = meta.get("source_model") if isinstance(meta.get("source_model"), dict) else {}
+    if method == "uap":
+        arch = str(source.get("arch") or "").lower().replace("-", "").replace("_", "")
+        if not arch:
+            return None, "a UAP without a recorded source model (meta source_model.arch)"
+        if str(source.get("kind") or "surrogate") not in ("surrogate", "classifier"):
+            return None, f"a UAP crafted on a {source.get('kind')} model, not on a classifier"
+        for key, archs in spec.TABLE4_UAP_SOURCE_ARCHS.items():
+            if any(arch.startswith(a) for a in archs):
+                return key, f"UAP on a {source.get('arch')} classifier"
+        return None, f"a UAP on a {source.get('arch')} classifier (Table 4 has ResNet-152 and GoogLeNet columns)"
+    if method in ("gd-uap", "gduap"):
+        priors = [str(meta.get(k)) for k in ("prior_label", "prior") if meta.get(k) is not None]
+        for key, names in spec.TABLE4_GDUAP_PRIORS.items():
+            if any(p.lower() in (n.lower() for n in names) for p in priors):
+                return key, f"GD-UAP with prior {priors[0]}"
+        return None, f"a GD-UAP with an unknown prior ({', '.join(priors) or 'none recorded'})"
+    if not method:
+        return None, "no recorded method (no JSON sidecar?)"
+    return None, f"method '{meta.get('method')}' has no Table 4 column"
+
+
+@dataclass
+class Table4Inputs:
+    """Which evaluated perturbation fills each Table 4 column, and why the others do not."""
+
+    columns: dict[str, str]  # column key (spec.TABLE4_COLUMNS) -> perturbation name ("clean" for Clean)
+    roles: dict[str, str]  # perturbation -> how its column was found
+    left_out: dict[str, str]  # perturbation -> why it is not in Table 4 (it is in the all-inputs table)
+
+
+def table4_inputs(index: ResultIndex, models: tuple[str, ...] | None = None, split: str = "val") -> Table4Inputs:
+    """Match every evaluated perturbation to a Table 4 column by its recorded role. Where several
+    fill one column, the one with results for most of ``models`` wins (then the shipped file name,
+    then the name); a column nobody fills keeps its shipped name (its cells say "no result under")."""
+    models = main_methods(index) if models is None else models
+    candidates: dict[str, list[str]] = {}
+    roles, left_out = {}, {}
+    for name in index.perturbations:
+        key, why = table4_role(index.perturbation_meta(name))
+        if key is None:
+            left_out[name] = f"not in Table 4: {why}"
+        else:
+            candidates.setdefault(key, []).append(name)
+            roles[name] = why
+    columns = {"clean": "clean"}
+    for key in spec.TABLE4_COLUMNS:
+        if key == "clean":
+            continue
+        names = candidates.get(key, [])
+        if not names:
+            columns[key] = key
+            continue
+        ranked = sorted(names, key=lambda n: (-sum(index.get(m, n, split) is not None for m in models), n != key, n))
+        columns[key] = ranked[0]
+        for other in ranked[1:]:
+            left_out[other] = f"not in Table 4: its column {_column_text(key)} shows '{ranked[0]}' ({roles[other]})"
+    return Table4Inputs(columns, roles, left_out)
+
+
+def white_box(index: ResultIndex, model: str, perturbation: str, split: str = "val") -> bool:
+    """True when the perturbation was crafted on this very model: its recorded source sha256 equals the
+    evaluated model's (a white-box attack, not the transfer Table 4 reports)."""
+    source = index.perturbation_meta(perturbation).get("source_model")
+    sha = source.get("sha256") if isinstance(source, dict) else None
+    return bool(sha) and sha == index.model_sha256(model, split)
+
+
+def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | None = None, key: str = "table4") -> Table:
+    models = main_methods(index) if models is None else models
+    inputs = table4_inputs(index, models, split)
+    perts = [inputs.columns[k] for k in spec.TABLE4_COLUMNS]
+    rows = []
+    for m in models:
+        cells = []
+        for p in perts:
+            cell = index.miou(m, p, split)
+            if p != "clean" and cell.ok and white_box(index, m, p, split):
+                cell = Cell(cell.value, cell.n_images, cell.missing, spec.WHITE_BOX_MARK)
+            cells.append(cell)
+        rows.append(Row(m, [_label(m)], cells))
     notes = [
-        "Columns: the shipped perturbations " + ", ".join(f"{p} = {' '.join(x for x in spec.TABLE4_COLUMNS[p] if x)}" for p in perts[1:])
-        + "; UAP is a black-box transfer from ImageNet-style classifiers, GD-UAP a grey-box attack on the baseline."
+        "Columns: " + ", ".join(f"{_column_text(k)} = {inputs.columns[k]}" for k in list(spec.TABLE4_COLUMNS)[1:])
+        + " (each perturbation matched to its column by its recorded method and source model or prior); UAP is a "
+        "black-box transfer from ImageNet-style classifiers, GD-UAP is crafted on the segmentation source model its "
+        "JSON records."
     ]
+    if any(c.mark for r in rows for c in r.cells):
+        notes.append(f"{spec.WHITE_BOX_MARK} white-box: the perturbation was crafted on this very model (its recorded "
+                     "source sha256 equals the model's), not a transfer.")
+    if inputs.left_out:
+        notes.append("Evaluated but not in this table (see the all-inputs table): "
+                     + "; ".join(f"{n} ({why.removeprefix('not in Table 4: ')})" for n, why in inputs.left_out.items()) + ".")
     keys = [(m, p, split) for m in models for p in perts]
     title = spec.TITLES["table4"] if key == "table4" else spec.TITLES.get(key, key)
     return _finish(Table(key, title, ["Method"], _perturbation_columns(), rows, notes=notes), index, keys)
@@ -220,6 +339,25 @@ def table5c(index: ResultIndex, split: str = "val") -> Table:
     return _ablation(index, "table5c", spec.TABLE5C_ROWS, "w/o FBH = predictions from the dominant branch S_t; w/ FBH = from S_fb.", split)
 
 
+def table11(index: ResultIndex, split: str = "val") -> Table:
+    """IJCV Table 11: SegMix stage 1 with the pairs over the max unique categories not blended (max = 2, 3,
+    4, inf) or blended with delta 0.9 (inf + gamma-thres); rows whose model has no result show n/a."""
+    rows = [Row(m, [label], [index.miou(m, "clean", split)]) for m, label in spec.TABLE11_ROWS.items()]
+    keys = [(m, "clean", split) for m in spec.TABLE11_ROWS]
+    paper = ", ".join(f"{spec.TABLE11_ROWS[m]} {v:.1f}" for m, v in spec.TABLE11_PAPER.items())
+    notes = [
+        "max = G: pairs whose two images hold more than G unique foreground categories in all are not blended "
+        "(`--cm-over-limit skip --gamma G`; inf: `--cm-over-limit none`); inf + gamma-thres: they are blended with "
+        "delta = 0.9 (the default, the zoo's segmix-no-denoise). Stage 1 only. "
+        f"The paper (VOC 2012 val, ResNet-101): {paper}."
+    ]
+    absent = [m for m in spec.TABLE11_ROWS if m not in set(index.models)]
+    if absent:
+        notes.append(f"Not evaluated: {', '.join(absent)}.")
+    return _finish(Table("table11", spec.TITLES["table11"], ["Max unique categories"], [Column("mIoU (%)")], rows, notes=notes),
+                   index, keys)
+
+
 def extra_all_models(index: ResultIndex, split: str = "val") -> Table:
     """Table 4's columns for every evaluated model (the ablations too)."""
     known = [m for m in spec.METHOD_LABELS if any(k[0] == m for k in index.records)]
@@ -241,6 +379,30 @@ def extra_ooc(index: ResultIndex) -> Table:
     return _finish(Table("extra_ooc", spec.TITLES["extra_ooc"], ["Method"], [Column("val"), Column("ooc")], rows, notes=notes), index, keys)
 
 
+def _model_order(models) -> list[str]:
+    known = [m for m in spec.METHOD_LABELS if m in models]
+    return known + sorted(m for m in models if m not in spec.METHOD_LABELS)
+
+
+def all_inputs(index: ResultIndex) -> Table:
+    """Every evaluated model (rows, per split) under clean and every evaluated perturbation (columns),
+    whatever its name or role: nothing evaluated is left out of the report."""
+    from ..evaluation.engine import shipped_order
+
+    perts = ["clean", *shipped_order(index.perturbations)]
+    splits = sorted(index.splits, key=lambda s: (s != "val", s))
+    rows, keys = [], []
+    for split in splits:
+        for m in _model_order({k[0] for k in index.records if k[2] == split}):
+            cells = [index.miou(m, p, split) if index.get(m, p, split) else Cell(None) for p in perts]
+            rows.append(Row(f"{split}/{m}", [split, _label(m)], cells, block=split))
+            keys += [(m, p, split) for p in perts if index.get(m, p, split)]
+    notes = ["Full split. Columns are the evaluated inputs by name (n/a: not evaluated for that model); Table 4 "
+             "shows those whose recorded role matches one of its columns."]
+    columns = [Column(p) for p in perts]
+    return _finish(Table("all_inputs", spec.TITLES["all_inputs"], ["Split", "Method"], columns, rows, notes=notes), index, keys)
+
+
 TABLES: dict[str, Callable[[ResultIndex], Table]] = {
     "table1": table1,
     "table2": table2,
@@ -249,8 +411,10 @@ TABLES: dict[str, Callable[[ResultIndex], Table]] = {
     "table5a": table5a,
     "table5b": table5b,
     "table5c": table5c,
+    "table11": table11,
     "extra_all": extra_all_models,
     "extra_ooc": extra_ooc,
+    "all_inputs": all_inputs,
 }
 
 
@@ -323,7 +487,7 @@ def to_latex(table: Table) -> str:
         row = table.rows[k]
         if k > 0 and row.block != table.rows[k - 1].block:
             lines.append(r"\hline")
-        escaped = [latex_escape(c) for c in cells[:n_stub]] + cells[n_stub:]
+        escaped = [latex_escape(c) for c in cells[:n_stub]] + [c.replace(spec.WHITE_BOX_MARK, r"$^\dagger$") for c in cells[n_stub:]]
         lines.append(" & ".join(escaped) + r" \\")
         if row.kind == "count":
             lines.append(r"\hline")
@@ -348,7 +512,7 @@ def to_frame(table: Table) -> pd.DataFrame:
         rec = {"key": row.key}
         rec.update(dict(zip(table.stub_header, row.stub)))
         for col, cell in zip(table.columns, row.cells):
-            rec[col.flat_label] = "" if cell.value is None else format_cell(cell, row.kind)
+            rec[col.flat_label] = "" if cell.value is None else format_cell(cell, row.kind, marks=False)
         records.append(rec)
     columns = ["key", *table.stub_header, *(c.flat_label for c in table.columns)]
     return pd.DataFrame.from_records(records, columns=columns)

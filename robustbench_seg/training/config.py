@@ -11,7 +11,11 @@ from typing import Any
 from ..errors import RbsegError
 
 METHOD_NAMES = ("baseline", "mixup", "cutmix", "binding")
-BLEND_NAMES = ("cfb", "rfb", "cafb", "wrfb", "mfb")
+BLEND_NAMES = ("cfb", "rfb", "cafb", "wrfb", "mfb", "cm")
+# SegMix (--blend cm, training/cooccurrence.py): delta ~ Beta(0.4, 0.4) folded to max(d, 1-d) (mean 0.84, like
+# BMVC's U[0.7, 1]), gamma = 4 (Table 11's best cap), pairs over gamma blended with delta 0.9 (the paper's rule).
+# The paper gives neither alpha nor gamma: docs/training.md (SegMix) has the reasons.
+CM_DEFAULTS = {"alpha": 0.4, "gamma": 4, "cm_delta": "max", "cm_delta_draw": "batch", "cm_over_limit": "delta09"}
 DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # Zhang et al. 2018 (ImageNet) and Yun et al. 2019; the paper gives neither
 DEFAULT_DELTA_RANGE = (0.7, 1.0)  # Eq. 1, the paper's
 PPA_EPS = 1e-6  # Eq. 4 guard: log(max(sum ReLU(S_p), eps))
@@ -35,6 +39,12 @@ class TrainConfig:
     fbh_hidden: int | None = None
     denoise: bool = True
     stage2_from: str | None = None
+    # SegMix co-occurrence blend (--blend cm); None: CM_DEFAULTS (cm_split: the training split)
+    gamma: int | None = None  # max unique categories of a pair
+    cm_delta: str | None = None  # "max": max(d, 1-d); "sym": d as drawn
+    cm_delta_draw: str | None = None  # "batch": one delta per batch (the pseudo-code); "pair": one per image
+    cm_over_limit: str | None = None  # "delta09" (paper), "skip" (Table 11 max = gamma), "none" (max = inf)
+    cm_split: str | None = None  # split whose ground truth C_ss counts
     # mixup / cutmix
     alpha: float | None = None
     # schedule (stage 1, or the only stage)
@@ -62,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int | None = None
     resume: bool = False
+    accept_data_change: bool = False  # --resume although the training data changed (recorded in the checkpoint)
     checkpoint_every: int | None = None  # also checkpoint every N steps (always at each epoch end)
     checkpoint_minutes: float = 10.0  # and at least every this many minutes
     val_every: int = 0  # also validate every N epochs (0: at the end only)
@@ -94,6 +105,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         arch="deeplabv3_resnet101", epochs=30, stage2_epochs=30, batch_size=10, lr=2.5e-4, stage2_lr=2.5e-5,
         crop=321, weights_backbone="imagenet", num_workers=4, fbh_hidden=64, optimizer="sgd", weight_decay=5e-4,
+        scale=(0.5, 2.0),
+    ),
+    # ``ijcv``: the SegMix paper's changes to ``paper``: 50 epochs and 513 x 513 crops (its 513 centre-crop
+    # testing equals full-image testing on VOC, whose images are at most 500 x 500; docs/training.md).
+    "ijcv": dict(
+        arch="deeplabv3_resnet101", epochs=50, stage2_epochs=30, batch_size=10, lr=2.5e-4, stage2_lr=2.5e-5,
+        crop=513, weights_backbone="imagenet", num_workers=4, fbh_hidden=64, optimizer="sgd", weight_decay=5e-4,
         scale=(0.5, 2.0),
     ),
     "tiny": dict(
@@ -134,7 +152,11 @@ def resolve_config(cfg: TrainConfig | dict) -> TrainConfig:
         updates["stage2_epochs"] = preset.get("stage2_epochs")
     if cfg.alpha is None and cfg.method in DEFAULT_ALPHA:
         updates["alpha"] = DEFAULT_ALPHA[cfg.method]
-    if cfg.pairs_per_image is None and cfg.method == "binding":
+    if cfg.method == "binding" and cfg.blend == "cm":
+        updates.update({k: v for k, v in CM_DEFAULTS.items() if getattr(cfg, k) is None})
+        if cfg.cm_split is None:
+            updates["cm_split"] = cfg.split
+    if cfg.pairs_per_image is None and cfg.method == "binding" and cfg.blend != "cm":
         updates["pairs_per_image"] = 19 if cfg.blend in ("cfb", "cafb") else 10
     out = replace(cfg, **updates)
     _check(out)
@@ -164,8 +186,18 @@ def _check(c: TrainConfig) -> None:
         bad(f"--pairs-per-image for cfb is at most 19 (one partner per other cluster), got {c.pairs_per_image}")
     if c.pairs_resample not in ("epoch", "once"):
         bad(f"--pairs-resample must be 'epoch' or 'once', got {c.pairs_resample}")
-    if c.alpha is not None and c.alpha <= 0:
-        bad(f"--alpha must be > 0, got {c.alpha}")
+    cm = c.method == "binding" and c.blend == "cm"
+    if c.alpha is not None and (c.alpha < 0 if cm else c.alpha <= 0):
+        bad(f"--alpha must be {'>= 0 (0: no blending)' if cm else '> 0'}, got {c.alpha}")
+    if cm:
+        if c.gamma < 1:
+            bad(f"--gamma must be >= 1, got {c.gamma}")
+        for key, allowed in (("cm_delta", ("max", "sym")), ("cm_delta_draw", ("batch", "pair")),
+                             ("cm_over_limit", ("delta09", "skip", "none"))):
+            if getattr(c, key) not in allowed:
+                bad(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(c, key)}")
+    elif any(getattr(c, k) is not None for k in ("gamma", "cm_delta", "cm_delta_draw", "cm_over_limit", "cm_split")):
+        bad("--gamma, --cm-delta, --cm-delta-draw, --cm-over-limit and --cm-split only apply to --method binding --blend cm")
     if c.lr <= 0 or (c.stage2_lr is not None and c.stage2_lr <= 0):
         bad("learning rates must be > 0")
     if c.optimizer not in ("sgd", "adamw"):
@@ -182,6 +214,8 @@ def _check(c: TrainConfig) -> None:
         bad(f"--fbh-hidden must be >= 1, got {c.fbh_hidden}")
     if c.scale[0] <= 0 or c.scale[0] > c.scale[1]:
         bad(f"scale range must satisfy 0 < LO <= HI, got {c.scale}")
+    if c.accept_data_change and not c.resume:
+        bad("--accept-data-change only applies to --resume")
     if c.data is None:
         bad("--data ROOT is required")
     if c.out is None:
@@ -191,7 +225,7 @@ def _check(c: TrainConfig) -> None:
 # Fields that may differ between a run and its --resume (they do not change the weights).
 RESUME_FREE = frozenset({
     "resume", "device", "num_workers", "progress", "checkpoint_every", "checkpoint_minutes", "val_batch_size",
-    "out", "data",
+    "out", "data", "accept_data_change",
 })
 
 

@@ -105,6 +105,16 @@ def dataset_info(root: str | Path, split: str, ids: Sequence[str]) -> dict:
     return info
 
 
+def split_classes(root: str | Path, split: str) -> tuple[list[str], list[list[int]]]:
+    """(ids, foreground classes per image) of any split of ``root`` (SegMix's C_ss split)."""
+    from ..errors import RbsegError
+
+    ids = voc.read_split(root, split)
+    if not ids:
+        raise RbsegError(f"split '{split}' lists no images", voc.split_file(root, split))
+    return ids, image_classes(root, split, ids)
+
+
 def image_classes(root: str | Path, split: str, ids: Sequence[str], fingerprint: str | None = None) -> list[list[int]]:
     """Foreground classes present in each image's mask (cached by dataset fingerprint)."""
     fingerprint = fingerprint or dataset_fingerprint(root, split, ids)

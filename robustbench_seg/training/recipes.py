@@ -7,7 +7,8 @@ inference checkpoint (fp16 weights, no optimiser state) and its manifest entry.
 ``STAGE2_FROM``: zoo models that are stage 2 (denoising, Eq. 4) of another zoo model's stage 1.
 ``binding`` is the paper's two-stage training written as two commands: stage 1 is exactly the
 ``binding-no-denoise`` ablation (Table 5b), so the zoo trains that stage once and ``binding`` runs
-``--stage2-from`` it; Table 5b then compares the two stages of one run.
+``--stage2-from`` it; Table 5b then compares the two stages of one run. ``segmix`` (IJCV 2023) is
+built the same way on ``segmix-no-denoise`` (``--blend cm``).
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ import shlex
 import time
 from pathlib import Path
 
+import torch
+
 from ..errors import RbsegError
 from ..io import atomic_torch_save, sha256_file
-from ..models.checkpoint import inference_checkpoint, model_from_checkpoint, num_parameters, read_checkpoint
+from ..models.checkpoint import (
+    checkpoint_finished, inference_checkpoint, model_from_checkpoint, num_parameters, read_checkpoint,
+)
 from ..models.zoo import ZOO_DESCRIPTIONS, ZOO_NAMES, write_zoo_entry
 from ..paths import shipped_models_dir
 from .config import TrainConfig, resolve_config
@@ -33,24 +38,40 @@ ZOO_RECIPES: dict[str, dict] = {
     "binding-cafb": {"method": "binding", "blend": "cafb"},
     "binding-wrfb": {"method": "binding", "blend": "wrfb"},
     "binding-mfb": {"method": "binding", "blend": "mfb"},
+    "segmix": {"method": "binding", "blend": "cm"},
+    "segmix-no-denoise": {"method": "binding", "blend": "cm", "denoise": False},
 }
 assert tuple(ZOO_RECIPES) == ZOO_NAMES
-STAGE2_FROM: dict[str, str] = {"binding": "binding-no-denoise"}
+STAGE2_FROM: dict[str, str] = {"binding": "binding-no-denoise", "segmix": "segmix-no-denoise"}
+
+# Models trained for the attacks, never evaluated (not zoo rows): the GD-UAP source is the baseline
+# recipe with another seed, so the shipped GD-UAPs transfer to every evaluated row (attacks/recipes.py).
+SOURCE_RECIPES: dict[str, dict] = {"gduap-source": {"method": "baseline", "seed": 1}}
+SOURCE_DESCRIPTIONS: dict[str, str] = {
+    "gduap-source": "source model of the shipped GD-UAPs: the baseline recipe, seed 1; never evaluated (Table 4)"}
+# IJCV Table 11 (max unique categories of a blended pair, stage 1 only): trained on request
+# (`rbseg zoo train segmix-max2`), not by `rbseg reproduce`; `segmix-no-denoise` is its "inf + gamma-thres" row.
+TABLE11_RECIPES: dict[str, dict] = {
+    **{f"segmix-max{g}": {"method": "binding", "blend": "cm", "denoise": False, "cm_over_limit": "skip", "gamma": g}
+       for g in (2, 3, 4)},
+    "segmix-maxinf": {"method": "binding", "blend": "cm", "denoise": False, "cm_over_limit": "none"},
+}
+RECIPES: dict[str, dict] = {**ZOO_RECIPES, **SOURCE_RECIPES, **TABLE11_RECIPES}
 
 _FLAGS = {"fbh": ("--fbh", "--no-fbh"), "denoise": ("--denoise", "--no-denoise")}
 
 
 def recipe_config(name: str, data_root: str | Path, out: str | Path, preset: str = "tiny", device: str = "auto", **overrides) -> TrainConfig:
-    if name not in ZOO_RECIPES:
-        raise RbsegError(f"no zoo recipe '{name}' (choose from {', '.join(ZOO_RECIPES)})")
-    opts = {**ZOO_RECIPES[name], **overrides}
+    if name not in RECIPES:
+        raise RbsegError(f"no zoo recipe '{name}' (choose from {', '.join(RECIPES)})")
+    opts = {**RECIPES[name], **overrides}
     return TrainConfig(data=str(data_root), out=str(out), preset=preset, device=device, **opts)
 
 
 def recipe_command(name: str, preset: str = "tiny") -> str:
     """The equivalent ``rbseg train`` command line (ROOT and CKPT left as placeholders)."""
     args = ["rbseg", "train"]
-    for key, value in ZOO_RECIPES[name].items():
+    for key, value in RECIPES[name].items():
         if key in _FLAGS:
             args.append(_FLAGS[key][0 if value else 1])
         else:
@@ -92,10 +113,10 @@ def export_to_zoo(name: str, ckpt: str | Path, models_dir: str | Path | None = N
     """
     ckpt = Path(ckpt)
     src = read_checkpoint(ckpt)
-    if src["kind"] == "training" and not (src.get("progress") or {}).get("finished"):
+    if src["kind"] == "training" and not checkpoint_finished(src):
         raise RbsegError("training has not finished; finish it (rbseg train ... --resume) before exporting", ckpt)
     models_dir = Path(models_dir) if models_dir is not None else shipped_models_dir()
-    inf = inference_checkpoint(src)
+    inf = inference_checkpoint(src, path=ckpt)  # refuses NaN/inf; keeps fp32 where fp16 overflows or vanishes
     inf["zoo_name"] = name
     path = models_dir / f"{name}.pt"
     atomic_torch_save(path, inf)
@@ -104,17 +125,21 @@ def export_to_zoo(name: str, ckpt: str | Path, models_dir: str | Path | None = N
     metrics = src.get("metrics") or {}
     dataset = src.get("dataset") or {}
     recorded = val_miou
+    val_dtype = None  # unknown for a figure given by the caller
     val_split = metrics.get("val_split") or training.get("val_split") or "val"
     if recorded is None and evaluate and dataset.get("root") and Path(dataset["root"]).is_dir():
-        from ..evaluation.engine import evaluate_clean
+        from ..evaluation.engine import evaluate_clean, resolve_dtype
 
-        recorded = evaluate_clean(model, dataset["root"], split=val_split, device=device).miou
+        dtype = resolve_dtype("auto", torch.device(device))
+        recorded = evaluate_clean(model, dataset["root"], split=val_split, device=device, dtype=dtype).miou
+        val_dtype = str(dtype).replace("torch.", "")
     if recorded is None:
         recorded = metrics.get("val_miou")
+        val_dtype = metrics.get("val_dtype")
     preset = training.get("preset", "tiny")
     entry = {
         "name": name,
-        "description": ZOO_DESCRIPTIONS.get(name, ""),
+        "description": ZOO_DESCRIPTIONS.get(name, SOURCE_DESCRIPTIONS.get(name, "")),
         "file": path.name,
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
@@ -123,17 +148,20 @@ def export_to_zoo(name: str, ckpt: str | Path, models_dir: str | Path | None = N
         "arch": src["model"]["arch"],
         "model": src["model"],
         "method": src.get("method"),
-        "recipe": ZOO_RECIPES.get(name),
-        "command": recipe_command(name, preset) if name in ZOO_RECIPES else None,
+        "recipe": RECIPES.get(name),
+        "command": recipe_command(name, preset) if name in RECIPES else None,
         "config": training,
         "dataset": {k: v for k, v in dataset.items() if k != "root"},
         "val_miou": None if recorded is None else round(float(recorded), 4),
+        "val_miou_dtype": val_dtype,
         "val_miou_training": metrics.get("val_miou"),
         "val_split": val_split,
         "train_seconds": (src.get("progress") or {}).get("seconds"),
         "versions": src.get("versions"),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if inf.get("full_precision_tensors"):
+        entry["full_precision_tensors"] = inf["full_precision_tensors"]  # name -> why it stayed float32
     write_zoo_entry(name, entry, models_dir)
     return path
 

@@ -21,6 +21,11 @@ Blend samplers (paper Sec. 3.1 and Table 5a), registered in :data:`BLENDS`:
 
 In every sampler a partner differs from the dominant image unless its candidate set holds only
 that image; delta ~ U[lo, hi] per pair (Eq. 1).
+
+In-batch blends (:data:`IN_BATCH_BLENDS`) choose the partner inside each training batch, so their
+epoch is the plain one (:class:`PlainSampler`: every image once as the dominant image, sharded by
+:func:`epoch_batches` like any other): ``cm`` -- SegMix's co-occurrence blend, the argmax-score
+partner of the rank's own batch (``training/cooccurrence.py``, run by ``methods.make_cm_step``).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from ..errors import RbsegError
 # purposes mixed into derived seeds, so streams never collide
 ORDER, PAIRS, AUGMENT, STEP, WORKER, HALVES = 1, 2, 3, 4, 5, 6
 WRFB_DELTA = 0.6
+IN_BATCH_BLENDS = ("cm",)  # partner chosen inside the batch (methods.make_cm_step), not by a PairSampler
 
 
 def derive_seed(*parts: int) -> int:

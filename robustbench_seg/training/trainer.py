@@ -7,7 +7,11 @@
   anywhere and resumed from its last checkpoint ends with the same weights (bit-identical on CPU).
 * Checkpoints are atomic, written by rank 0 at every epoch end, every ``checkpoint_every`` steps
   and at least every ``checkpoint_minutes``; a non-finite loss stops the run before anything is
-  written, so the last good checkpoint stays intact.
+  written, so the last good checkpoint stays intact; so does a failed write (one line naming the
+  file). The output folder is probed and the training data checked (``preflight``) before step 1.
+* Each checkpoint records what ran (``record.recorded_config``), ``finished`` (False until the last
+  step), the world size (a resume under another one is refused: ``check_resume``) and any data
+  change accepted with ``accept_data_change``.
 * DDP through torchrun (``torchrun --nproc_per_node N -m robustbench_seg train ...``): every rank
   takes its share of each global batch (``samplers.epoch_batches``), none dropped or duplicated.
 * bf16 autocast and channels_last on CUDA by default; ``compile=True`` wraps the model in
@@ -30,11 +34,14 @@ from ..data import voc
 from ..errors import RbsegError
 from ..models import build_model
 from ..models.checkpoint import (
-    load_state, make_checkpoint, model_config, model_from_checkpoint, read_checkpoint, save_checkpoint, utc_now,
+    checkpoint_finished, load_state, make_checkpoint, model_config, model_from_checkpoint, read_checkpoint,
+    save_checkpoint, utc_now,
 )
-from ..io import sha256_file
+from ..io import clean_stale_tmp, probe_writable, sha256_file
 from .config import TrainConfig, config_mismatch, resolve_config
-from .data import TrainSamples, collate, dataset_info, image_classes, worker_init
+from .preflight import preflight
+from .record import dtype_name, merge_resumed, recorded_config, resolve_runtime
+from .data import TrainSamples, collate, dataset_info, image_classes, split_classes, worker_init
 from .methods import METHODS, Stage, StepContext, TrainData
 from .samplers import STEP, batches_per_epoch, derive_seed, epoch_batches
 
@@ -175,6 +182,44 @@ class _Display:
 
 
 # ---------------------------------------------------------------------------------------------
+# Resume checks (pure: the checkpoint, the config and the facts of this run)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_resume(ckpt: dict, cfg: TrainConfig, fingerprint: str, world_size: int, out: Path) -> dict | None:
+    """Refuse a ``--resume`` that would not continue the same run; return the data change to record.
+
+    * a different configuration (options that change the weights; ``resume.options``, or the
+      ``training`` section of checkpoints written before it existed);
+    * another world size: the epoch's work list is sharded by world size, so a resume under another
+      WORLD_SIZE would drop or repeat samples and change the schedule -- refused, not re-sharded
+      (checkpoints that predate the record are not checked);
+    * other training data (the dataset fingerprint differs): refused unless ``accept_data_change``;
+      then ``{"from", "to"}`` is returned for the checkpoint's ``dataset.data_changes``.
+    """
+    if ckpt["kind"] != "training" or "resume" not in ckpt or "progress" not in ckpt:
+        raise RbsegError("not a resumable training checkpoint (an exported inference checkpoint?)", out)
+    saved_options = (ckpt.get("resume") or {}).get("options") or ckpt.get("training") or {}
+    diff = config_mismatch(saved_options, cfg)
+    if diff:
+        raise RbsegError(f"--resume with a different configuration ({', '.join(diff)}); use the original options", out)
+    saved_world = (ckpt.get("progress") or {}).get("world_size")
+    if saved_world is not None and int(saved_world) != int(world_size):
+        raise RbsegError(
+            f"--resume with {world_size} process(es) (WORLD_SIZE), but this run was trained with {saved_world}: the "
+            f"epoch's sharding would drop or repeat samples; resume with {saved_world} process(es)", out)
+    saved_fp = (ckpt.get("dataset") or {}).get("fingerprint")
+    if saved_fp != fingerprint:
+        if not cfg.accept_data_change:
+            raise RbsegError(
+                f"--resume on different training data (dataset fingerprint {saved_fp} when saved, {fingerprint} now); "
+                "if you fixed or replaced training files on purpose, add --accept-data-change (recorded in the checkpoint)",
+                out)
+        return {"from": saved_fp, "to": fingerprint}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # train()
 # ---------------------------------------------------------------------------------------------
 
@@ -202,30 +247,48 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
 
     source: dict | None = None
     src_ckpt = None
+    stage1_record = None
     if cfg.stage2_from is not None:  # the model (and its config) come from a stage-1 checkpoint
         src_path = Path(cfg.stage2_from).expanduser()
         src_ckpt = read_checkpoint(src_path)
         if not src_ckpt["model"].get("binding"):
             raise RbsegError("--stage2-from needs a feature-binding checkpoint (this one is a plain DeepLabv3)", src_path)
+        if not checkpoint_finished(src_ckpt):
+            raise RbsegError("--stage2-from needs a finished stage-1 run (finish it with --resume first)", src_path)
         m = src_ckpt["model"]
         cfg = replace(cfg, arch=m["arch"], fbh=m["fbh"], fbh_hidden=m["fbh_hidden"])
         source = {"stage2_from": str(src_path), "sha256": sha256_file(src_path)}
+        stage1_record = {"checkpoint": str(src_path), "sha256": source["sha256"], "config": src_ckpt.get("training") or {}}
 
     ckpt = None
+    data_change = None
     if out.exists():
         if not cfg.resume:
             raise RbsegError("checkpoint already exists; pass --resume to continue that run, or choose another --out", out)
         ckpt = read_checkpoint(out)
-        if ckpt["kind"] != "training" or "resume" not in ckpt or "progress" not in ckpt:
-            raise RbsegError("not a resumable training checkpoint (an exported inference checkpoint?)", out)
-        diff = config_mismatch(ckpt.get("training", {}), cfg)
-        if diff:
-            raise RbsegError(f"--resume with a different configuration ({', '.join(diff)}); use the original options", out)
-        if (ckpt.get("dataset") or {}).get("fingerprint") != dinfo["fingerprint"]:
-            raise RbsegError("--resume on different training data (dataset fingerprint differs)", out)
-        if ckpt["progress"].get("finished"):
+        data_change = check_resume(ckpt, cfg, dinfo["fingerprint"], dist.world_size, out)
+        if checkpoint_finished(ckpt):
             display.log(f"[green]{out}: already finished[/green]")
             return out
+    if dist.main:  # before any long work: a read-only or full folder fails now, not after the first epoch
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RbsegError(f"cannot write the checkpoint here ({exc.strerror or exc})", out.parent) from None
+        probe_writable(out.parent, "checkpoint")  # the folder (an --out without a suffix is still a file)
+        clean_stale_tmp(out.parent, out.name)
+    # every training image and mask decodes and is valid before step 1 (cached by file signature)
+    preflight(root, cfg.split, ids, progress=cfg.progress and dist.main)
+    if ckpt is not None:
+        changes = list((ckpt.get("dataset") or {}).get("data_changes") or [])
+        if data_change is not None:
+            p = ckpt["progress"]
+            changes.append({**data_change, "at": {"stage": p.get("stage"), "global_step": p.get("global_step")},
+                            "time": utc_now()})
+            display.log(f"[yellow]{out}: training data changed (fingerprint {data_change['from']} -> "
+                        f"{data_change['to']}); continuing as asked (--accept-data-change), recorded[/yellow]")
+        if changes:
+            dinfo["data_changes"] = changes
 
     binding = cfg.method == "binding"
     mcfg = model_config(cfg.arch, binding=binding, fbh=cfg.fbh, fbh_hidden=cfg.fbh_hidden)
@@ -238,13 +301,13 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
     if ckpt is not None:
         load_state(model, ckpt["state_dict"], out)
     model.to(device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    if channels_last:
+    runtime = resolve_runtime(cfg, device)  # the run uses exactly what the record says
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ctx = StepContext(device, amp, torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16, channels_last)
+    ctx = StepContext(device, runtime.amp, runtime.amp_dtype, runtime.channels_last)
 
-    data = TrainData(len(ids), lambda: image_classes(root, cfg.split, ids, dinfo["fingerprint"]))
+    data = TrainData(len(ids), lambda: image_classes(root, cfg.split, ids, dinfo["fingerprint"]),
+                     classes_of=partial(split_classes, root), info=dinfo)  # info: cm records its C_ss split there
     stages = METHODS[cfg.method](cfg, data)
     dataset = TrainSamples(root, cfg.split, ids, cfg.crop, cfg.scale, cfg.seed)
     num_workers = cfg.num_workers if cfg.num_workers is not None else 0
@@ -252,6 +315,12 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
     progress = dict(ckpt["progress"]) if ckpt is not None else {"stage": 0, "epoch": 0, "step_in_epoch": 0,
                                                                 "global_step": 0, "stage_done": False, "finished": False,
                                                                 "seconds": {}}
+    progress["world_size"] = dist.world_size
+    record = recorded_config(cfg, runtime, dist.world_size, stage1_record)
+    if ckpt is not None:
+        record = merge_resumed(ckpt.get("training"), record,
+                               {"stage": progress.get("stage"), "global_step": progress.get("global_step")})
+    options = cfg.to_dict()
     resume_state = ckpt["resume"] if ckpt is not None else None
     metrics: dict = dict(ckpt.get("metrics") or {}) if ckpt is not None else {}
     if resume_state is not None:
@@ -260,10 +329,17 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
     def save(stage_state: dict | None, prog: dict) -> None:
         if not dist.main:
             return
-        resume = {"rng": rng_state(), **(stage_state or {})}
-        ck = make_checkpoint(model, mcfg, "training", method=cfg.method, training=cfg.to_dict(), dataset=dinfo,
-                             progress=dict(prog), metrics=dict(metrics), source=source, resume=resume)
-        save_checkpoint(out, ck)
+        resume = {"rng": rng_state(), "options": options, **(stage_state or {})}
+        ck = make_checkpoint(model, mcfg, "training", method=cfg.method, training=record, dataset=dinfo,
+                             finished=bool(prog.get("finished")), progress=dict(prog), metrics=dict(metrics),
+                             source=source, resume=resume)
+        try:
+            save_checkpoint(out, ck)
+        except OSError as exc:
+            where = f"stage {prog.get('stage')} step {prog.get('global_step')}"
+            kept = "the previous checkpoint is kept" if out.exists() else "no checkpoint was written yet"
+            raise TrainingError(f"cannot write the checkpoint at {where} ({exc.strerror or exc}); {kept}; "
+                                "make room or fix the folder, then run again with --resume", out) from exc
 
     with display:
         for stage in stages:
@@ -277,7 +353,7 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
             resume_state = None
         if cfg.val_split and dist.main:
             val = _validate(model, root, cfg, device)
-            metrics.update(val_miou=val["miou"], val_split=cfg.val_split, val=val)
+            metrics.update(val_miou=val["miou"], val_split=cfg.val_split, val_dtype=dtype_name(runtime.val_dtype), val=val)
             display.log(f"val mIoU ({cfg.val_split}): {val['miou']:.2f}")
         progress["finished"] = True
         progress["stage_done"] = True
@@ -302,9 +378,11 @@ def _seed_step(seed: int, device: torch.device) -> None:
 
 
 def _validate(model: nn.Module, root: Path, cfg: TrainConfig, device: torch.device) -> dict:
+    """Val mIoU in the dtype the record states (``record.resolve_runtime``: fp32 on CPU, bf16 on CUDA)."""
     from ..evaluation.engine import evaluate_clean
 
-    m = evaluate_clean(model, root, split=cfg.val_split, device=device, batch_size=cfg.val_batch_size)
+    m = evaluate_clean(model, root, split=cfg.val_split, device=device, batch_size=cfg.val_batch_size,
+                       dtype=resolve_runtime(cfg, device).val_dtype)
     return m.to_dict()
 
 

@@ -339,3 +339,32 @@ def test_perturbation_list_of_a_missing_folder_fails_with_one_line(tmp_path, cap
     assert main(["perturbation", "list", "--dir", str(tmp_path / "nonexistent")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nonexistent" in err[0] and "no such folder" in err[0]
+
+
+def test_imported_files_record_their_source_role_and_fill_table4_by_it(tmp_path, capsys):
+    """The README's real-VOC flow imports ResNet-152.mat: the file name names the classifier it was
+    crafted on, so the import records source_model.arch and the report places it in the UAP ResNet
+    column by role (before, it recorded no source and fell out of Table 4). --source-arch and --prior
+    record the role of any other file; an unknown file name records none."""
+    from robustbench_seg.reports.tables import table4_role
+
+    r = np.full((6, 6, 3), 4.0, np.float32)
+    resnet = import_perturbation("lts4-mat", _mat(tmp_path / "ResNet-152.mat", r=r), tmp_path / "uap-resnet-public")
+    assert resnet.meta["source_model"]["arch"] == "resnet152"
+    assert "file name" in resnet.meta["source_model"]["recorded_from"]
+    assert table4_role(resnet.meta)[0] == "uap-resnet"
+    gnet = import_perturbation("lts4-mat", _mat(tmp_path / "GoogLeNet.mat", r=r), tmp_path / "gnet")
+    assert table4_role(gnet.meta)[0] == "uap-googlenet"
+    other = import_perturbation("lts4-mat", _mat(tmp_path / "mine.mat", r=r), tmp_path / "mine")
+    assert "source_model" not in other.meta and table4_role(other.meta)[0] is None
+    named = import_perturbation("lts4-mat", _mat(tmp_path / "mine2.mat", r=r), tmp_path / "mine2", source_arch="GoogLeNet")
+    assert named.meta["source_model"]["recorded_from"] == "--source-arch"
+    assert table4_role(named.meta)[0] == "uap-googlenet"
+    a = np.full((1, 8, 8, 3), 5.0, np.float32)
+    np.save(tmp_path / "g.npy", a)
+    assert main(["perturbation", "import", "--format", "gduap-npy", str(tmp_path / "g.npy"), "--out",
+                 str(tmp_path / "g-rpart"), "--prior", "partial", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)["meta"]
+    assert meta["prior_label"] == "R-Part" and table4_role(meta)[0] == "gduap-rpart"
+    with pytest.raises(PerturbationError, match="--prior must be one of"):
+        import_perturbation("gduap-npy", tmp_path / "g.npy", tmp_path / "bad", prior="some")

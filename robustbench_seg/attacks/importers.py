@@ -295,6 +295,28 @@ def convert(fmt: str, src: str | Path, axes: str | None = None, scale: float | N
                     channels=channels or imp.default_channels, allow_any_magnitude=allow_any_magnitude)
 
 
+# The LTS4/universal precomputed files are named after the ImageNet classifier they were crafted on.
+LTS4_FILE_ARCHS: dict[str, str] = {
+    "ResNet-152": "resnet152", "GoogLeNet": "googlenet", "VGG-16": "vgg16", "VGG-19": "vgg19",
+    "VGG-F": "vgg_f", "CaffeNet": "caffenet",
+}
+GDUAP_PRIORS = ("none", "all", "partial")
+
+
+def source_model_record(fmt: str, src: Path, source_arch: str | None) -> dict[str, Any] | None:
+    """What an imported file records as its source model: ``--source-arch`` when given, else (for
+    ``lts4-mat`` only) the classifier its published file name stands for; None when unknown. The
+    report matches Table 4 columns by this role (a UAP on a ResNet-152 / GoogLeNet classifier)."""
+    if source_arch:
+        return {"arch": source_arch, "kind": "classifier", "name": source_arch,
+                "recorded_from": "--source-arch", "sha256": None}
+    if fmt == "lts4-mat" and src.stem in LTS4_FILE_ARCHS:
+        arch = LTS4_FILE_ARCHS[src.stem]
+        return {"arch": arch, "kind": "classifier", "name": src.stem,
+                "recorded_from": f"the published file name {src.name} (LTS4/universal precomputed/)", "sha256": None}
+    return None
+
+
 def import_perturbation(
     fmt: str,
     src: str | Path,
@@ -307,11 +329,17 @@ def import_perturbation(
     channels: str | None = None,
     overwrite: bool = False,
     allow_any_magnitude: bool = False,
+    source_arch: str | None = None,
+    prior: str | None = None,
 ) -> Perturbation:
     """Convert a published file into ``out`` (``NAME.npy`` + ``NAME.json``; a bare name: the current
     folder), recording its sha256, the conversion applied and the channel order chosen. An existing
-    ``out`` is refused unless ``overwrite``."""
+    ``out`` is refused unless ``overwrite``. ``source_arch`` (the classifier it was crafted on; for
+    ``lts4-mat`` inferred from the published file name when not given) and ``prior`` (a GD-UAP's data
+    prior: none, all or partial) are recorded so the report can place the file in Table 4 by role."""
     src = Path(src)
+    if prior is not None and prior not in GDUAP_PRIORS:
+        raise PerturbationError(f"--prior must be one of {', '.join(GDUAP_PRIORS)}, got {prior}", src)
     path = refuse_existing_output(out, overwrite)
     conv = convert(fmt, src, axes=axes, scale=scale, xi=xi if norm in ("inf", "linf") else None, channels=channels,
                    allow_any_magnitude=allow_any_magnitude)
@@ -333,6 +361,12 @@ def import_perturbation(
     }
     if conv.recommended_fit:
         meta["recommended_fit"] = conv.recommended_fit
+    source = source_model_record(fmt, src, source_arch)
+    if source is not None:
+        meta["source_model"] = source
+    if prior is not None:
+        meta["prior"] = prior
+        meta["prior_label"] = {"none": "R-No", "all": "R-All", "partial": "R-Part"}[prior]
     if allow_any_magnitude:
         meta["magnitude_check"] = "skipped (allow_any_magnitude)"
     return save_perturbation(path, conv.array, meta)

@@ -40,6 +40,12 @@ def register(subparsers) -> None:
                         "values are multiplied by 255/S (default: 255 for lts4-mat and gduap-npy, 1 for torch-chw)")
     p.add_argument("--xi", type=float, default=10.0, help="stated l-inf radius in 0-255 units (default 10); larger values are refused")
     p.add_argument("--method", default=None, help="method recorded in the metadata (default: from the format)")
+    p.add_argument("--source-arch", default=None, metavar="ARCH",
+                   help="the classifier the file was crafted on, recorded as source_model.arch (default for lts4-mat: "
+                        "from the published file name, e.g. ResNet-152.mat -> resnet152); the report places a UAP in "
+                        "Table 4 by it")
+    p.add_argument("--prior", default=None, choices=["none", "all", "partial"],
+                   help="a GD-UAP's data prior (R-No, R-All, R-Part), recorded so the report can place it in Table 4")
     p.add_argument("--allow-any-magnitude", action="store_true",
                    help="accept a max |value| below 0.5 (0-255 units), which otherwise means a wrong --scale or format")
     finish_command(p, run_import)
@@ -69,7 +75,8 @@ def run_import(args) -> int:
     from ..attacks.importers import import_perturbation
 
     pert = import_perturbation(args.format, args.src, args.out, axes=args.axes, scale=args.scale, xi=args.xi, method=args.method,
-                               channels=args.channels, overwrite=args.overwrite, allow_any_magnitude=args.allow_any_magnitude)
+                               channels=args.channels, overwrite=args.overwrite, allow_any_magnitude=args.allow_any_magnitude,
+                               source_arch=args.source_arch, prior=args.prior)
     path = _npy_path(args.out)
     if args.json:
         print_json({"name": pert.name, "path": str(path), "meta": pert.meta})

@@ -6,6 +6,10 @@
     perturbation on val (every subset), and the baseline/binding on ooc when the data has it
     (OUT/reports/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
 
+A preset with ``pretrain`` (``bench``) first generates a disjoint pre-training tree
+(``data/pretrain/VOC2012``) and trains the shared backbone once (step ``train/pretrain-backbone``,
+``work/pretrain/``); every training step then fine-tunes from it and re-runs when it changes.
+
 Layout of OUT: ``data/VOC2012`` (SynthVOC, when no data root is given), ``work/`` (training runs,
 surrogates, ``state.json``), ``models/``, ``perturbations/``, ``reports/`` (with the result JSON
 files in ``reports/results/``). With
@@ -46,10 +50,20 @@ class Preset:
     train_options: dict = field(default_factory=dict)  # overrides of the training preset (keyword arguments)
     surrogate_options: dict = field(default_factory=dict)  # overrides of the surrogate preset
     craft: str | None = None  # crafting preset (attacks.recipes UAP_PRESETS / GDUAP_PRESETS); None: ``train``
+    surrogate: str | None = None  # surrogate preset (attacks.surrogate.PRESETS); None: ``train``
+    # fine-tune every model from one shared pre-trained backbone (training/pretrain.py): the plan generates the
+    # disjoint pre-training tree (SynthVOC ``synth``, seed training.pretrain.PRETRAIN_DATA_SEED), trains it
+    # once (step train/pretrain-backbone) and hands its file to every training step (weights_backbone)
+    pretrain: bool = False
+    pretrain_options: dict = field(default_factory=dict)  # overrides of the pre-training run (tests: a few steps)
 
     @property
     def craft_preset(self) -> str:
         return self.craft or self.train
+
+    @property
+    def surrogate_preset(self) -> str:
+        return self.surrogate or self.train
 
 
 PRESETS: dict[str, Preset] = {
@@ -64,6 +78,13 @@ PRESETS: dict[str, Preset] = {
                "the micro crafting preset): a smoke test of the pipeline, about 2 minutes on 2 CPU cores",
                train_options={"steps": 4, "stage2_steps": 2, "batch_size": 4},
                surrogate_options={"epochs": 1, "input_size": 32, "width_per_group": 8}, craft="micro"),
+        # the embedded benchmark (issue 12); docs/training.md "The bench preset" has the measurements and the
+        # time estimate. Surrogates and crafting use the tiny attack presets (the surrogates 1 epoch each: the
+        # bench train split is 12.5x tiny's, so one epoch is about the images tiny's several epochs saw).
+        Preset("bench", "bench", "bench", False,
+               "SynthVOC bench (4,000 train_aug / 600 val / 120 ooc, 64-96 px), every model fine-tuned from one "
+               "pre-trained backbone: the embedded benchmark; about 100 minutes on 2 CPU cores (estimated)",
+               surrogate="tiny", surrogate_options={"epochs": 1}, craft="tiny", pretrain=True),
     )
 }
 
@@ -88,6 +109,8 @@ class Components:
     gduap_names: Sequence[str] = ("gduap-rno", "gduap-rall", "gduap-rpart")  # the perturbations crafted on it
     stage2_from: Mapping[str, str] = field(default_factory=dict)  # zoo model -> the zoo model its stage 1 is
     ooc_models: Sequence[str] = ("baseline", "binding")
+    # (data_root, out_dir, preset, device, **options) -> the shared backbone file; needed by a preset with pretrain
+    pretrain: Callable[..., Path] | None = None
 
 
 @dataclass
@@ -187,6 +210,26 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     def root_of(done: dict) -> Path:
         return Path(done[data_id]["root"])
 
+    backbone_id = None
+    if preset.pretrain:
+        from .training.pretrain import PRETRAIN_DATA_SEED
+
+        if comp.pretrain is None:
+            raise RbsegError(f"the '{preset.name}' preset pre-trains a backbone, but no pretrain component was given")
+        synth = preset.synth or "bench"
+
+        def make_pretrain_data(_: dict) -> dict:
+            return {"root": str(comp.generate(layout.data / "pretrain", synth, PRETRAIN_DATA_SEED))}
+        pre_data = Step("data", f"synthvoc-{synth}-seed{PRETRAIN_DATA_SEED}-pretrain", make_pretrain_data, _exists("root"))
+        steps.append(pre_data)
+
+        def pretrain(done: dict) -> dict:
+            backbone = comp.pretrain(Path(done[pre_data.id]["root"]), layout.work / "pretrain", preset.train, device,
+                                     **preset.pretrain_options)
+            return {"backbone": str(backbone)}
+        steps.append(Step("train", "pretrain-backbone", pretrain, _exists("backbone"), (pre_data.id,)))
+        backbone_id = steps[-1].id
+
     # the GD-UAP source model is trained and exported like a zoo model but never evaluated
     trained = list(comp.model_names) + ([comp.gduap_source] if comp.gduap_source not in comp.model_names else [])
     # a model trained as stage 2 of another (stage2_from) comes after it, gets its checkpoint and re-runs with it
@@ -196,10 +239,14 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
         def train(done: dict, name=name, source=source) -> dict:
             out = layout.work / "train" / name
             options = dict(preset.train_options)
+            if backbone_id is not None:
+                options["weights_backbone"] = done[backbone_id]["backbone"]
             if source is not None:
                 options["stage2_from"] = done[f"train/{source}"]["checkpoint"]
             return {"checkpoint": str(comp.train(name, root_of(done), out, preset.train, device, **options))}
-        steps.append(Step("train", name, train, _exists("checkpoint"), d if source is None else (*d, f"train/{source}")))
+        train_deps = (*d, *((backbone_id,) if backbone_id else ()))
+        steps.append(Step("train", name, train, _exists("checkpoint"),
+                          train_deps if source is None else (*train_deps, f"train/{source}")))
     for name in trained:
         def export(done: dict, name=name) -> dict:
             return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), layout.models))}
@@ -207,7 +254,7 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     for arch in comp.surrogate_archs:
         def surrogate(done: dict, arch=arch) -> dict:
             out = layout.work / "surrogates" / arch
-            ckpt = comp.train_surrogate(arch, root_of(done), out, preset.train, device, **preset.surrogate_options)
+            ckpt = comp.train_surrogate(arch, root_of(done), out, preset.surrogate_preset, device, **preset.surrogate_options)
             return {"checkpoint": str(ckpt)}
         steps.append(Step("surrogate", arch, surrogate, _exists("checkpoint"), d))
     for name in comp.perturbation_names:
@@ -435,6 +482,11 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
                                   subsets="all", device=device, out=out, model_name=model_name)
         return [results.record_path(out, r) for r in records]
 
+    def pretrain(data_root: Path, out: Path, preset: str, device: str, **options) -> Path:
+        from .training.pretrain import pretrain_backbone
+
+        return pretrain_backbone(data_root, out, preset=preset, device=device, **options)
+
     def report(results_dir, out_dir, data_root, models_dir, device):
         return build_report(results_dir, out_dir, data_root=data_root, models_dir=models_dir,
                             device="cpu" if device == "auto" else device)
@@ -445,4 +497,5 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
         model_names=tuple(zoo.ZOO_NAMES), perturbation_names=tuple(recipes.SHIPPED),
         gduap_source=recipes.GDUAP_SOURCE, gduap_names=tuple(n for n, r in recipes.SHIPPED.items() if r.kind == "gd-uap"),
         surrogate_archs=tuple(surrogate.SURROGATE_ARCHS), stage2_from=dict(training.recipes.STAGE2_FROM),
+        pretrain=pretrain,
     )

@@ -14,7 +14,9 @@ from robustbench_seg.data.subsets import (
     CooccurSplitMissing,
     compute_subsets,
     cooccurrence_subsets,
+    VOC_COOCCUR_IMAGES,
     max_pair_count,
+    scaled_thresholds,
     subset_class,
 )
 from robustbench_seg.errors import RbsegError
@@ -208,7 +210,7 @@ def test_missing_xml_for_some_images_is_unavailable_not_empty(tmp_path):
     assert rep.subsets["only-car"] == ["2008_000002", "2008_000003"]
     js = rep.to_json()
     assert set(js) == {"split", "subsets", "unavailable", "cooccur_splits_used", "cooccur_splits_missing",
-                       "cooccurrence"}
+                       "cooc_thresholds", "cooc_scaling", "cooccurrence"}
     assert "occ1" not in js["subsets"] and "occ1" in js["unavailable"]
 
 
@@ -225,8 +227,10 @@ def test_to_json_shape_and_cli(tree, capsys):
     rep = compute_subsets(tree.root)
     js = rep.to_json()
     assert set(js) == {"split", "subsets", "unavailable", "cooccur_splits_used", "cooccur_splits_missing",
-                       "cooccurrence"}
+                       "cooc_thresholds", "cooc_scaling", "cooccurrence"}
     assert js["cooccur_splits_used"] == ["train_aug", "val"] and js["cooccur_splits_missing"] == []
+    assert js["cooc_thresholds"] == {"cooc50": 50, "cooc40": 40, "cooc30": 30, "cooc20": 20, "cooc10": 10}
+    assert js["cooc_scaling"] == {"mode": "auto", "scaled": False}
     assert js["cooccurrence"]["classes"] == list(VOC_CLASSES)
     assert js["cooccurrence"]["splits"] == ["train_aug", "val"]
     assert np.array_equal(np.array(js["cooccurrence"]["matrix"]), rep.cooccurrence)
@@ -236,6 +240,63 @@ def test_to_json_shape_and_cli(tree, capsys):
     assert main(["data", "subsets", "--data", str(tree.root), "--cooccur-splits", "val"]) == 0
     text = capsys.readouterr().out
     assert "person-horse" in text and "cooc10" in text
+
+
+def test_scaled_thresholds_follow_dataset_size_stay_distinct_never_grow():
+    assert scaled_thresholds(VOC_COOCCUR_IMAGES) == (50, 40, 30, 20, 10)
+    assert scaled_thresholds(3 * VOC_COOCCUR_IMAGES) == (50, 40, 30, 20, 10)  # never scaled up
+    assert scaled_thresholds(4600) == (19, 15, 11, 8, 4)  # 4600 / 12031 = 0.382 (the bench preset)
+    assert scaled_thresholds(460) == (5, 4, 3, 2, 1)  # rounding would give 2, 2, 1, 1, 0: kept distinct
+    assert scaled_thresholds(0) == (5, 4, 3, 2, 1)
+
+
+def _rare_pairs_tree(root, scaling_flag):
+    """train_aug: 6 images person+horse, 2 car+bottle; val: person+horse (count 7), car+bottle (count 3),
+    bird+boat (count 1), person alone."""
+    t = VOCTree(root)
+    for k in range(6):
+        t.add(f"2009_{k:06d}", stripes([0, P, HORSE]), splits=("train_aug",))
+    for k in range(2):
+        t.add(f"2009_1{k:05d}", stripes([0, CAR, BOTTLE]), splits=("train_aug",))
+    t.add("2008_00000A", stripes([0, P, HORSE]))
+    t.add("2008_00000B", stripes([0, CAR, BOTTLE]))
+    t.add("2008_00000C", stripes([0, BIRD, BOAT]))
+    t.add("2008_00000D", stripes([0, P]))
+    if scaling_flag is not None:
+        (t.root / "synthvoc.json").write_text(json.dumps({"dataset": "SynthVOC-x", "cooc_threshold_scaling": scaling_flag}))
+    return t
+
+
+def test_cooc_threshold_scaling_modes_and_record(tmp_path):
+    plain = _rare_pairs_tree(tmp_path / "voc", None)  # a non-SynthVOC tree: auto keeps the paper's values
+    rep = compute_subsets(plain.root)
+    assert rep.cooc_thresholds == {f"cooc{t}": t for t in (50, 40, 30, 20, 10)}
+    assert rep.cooc_scaling == {"mode": "auto", "scaled": False}
+    assert all(rep.subsets[f"cooc{t}"] == ["2008_00000A", "2008_00000B", "2008_00000C"] for t in (50, 40, 30, 20, 10))
+    # 12 images counted: thresholds 5, 4, 3, 2, 1; worst pair counts A 7, B 3, C 1
+    on = compute_subsets(plain.root, cooc_scale="on")
+    assert on.cooc_thresholds == {"cooc50": 5, "cooc40": 4, "cooc30": 3, "cooc20": 2, "cooc10": 1}
+    assert on.cooc_scaling["scaled"] is True and on.cooc_scaling["cooccur_images"] == 12
+    assert on.cooc_scaling["reference_images"] == VOC_COOCCUR_IMAGES
+    assert on.subsets["cooc50"] == on.subsets["cooc40"] == ["2008_00000B", "2008_00000C"]
+    assert on.subsets["cooc30"] == on.subsets["cooc20"] == ["2008_00000C"] and on.subsets["cooc10"] == []
+    assert on.to_json()["cooc_thresholds"] == on.cooc_thresholds
+    synth_tree = _rare_pairs_tree(tmp_path / "synth", True)  # a tree that asks for scaling: auto scales
+    assert compute_subsets(synth_tree.root).subsets == on.subsets
+    assert compute_subsets(synth_tree.root, cooc_scale="off").cooc_thresholds == rep.cooc_thresholds
+    legacy = _rare_pairs_tree(tmp_path / "legacy", False)  # SynthVOC tiny/micro: not scaled until regenerated
+    assert compute_subsets(legacy.root).cooc_thresholds == rep.cooc_thresholds
+    with pytest.raises(RbsegError, match="cooc_scale"):
+        compute_subsets(plain.root, cooc_scale="yes")
+
+
+def test_cli_subsets_cooc_scale_option(tmp_path, capsys):
+    t = _rare_pairs_tree(tmp_path / "voc", None)
+    assert main(["data", "subsets", "--data", str(t.root), "--json", "--cooc-scale", "on"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cooc_thresholds"]["cooc10"] == 1 and out["cooc_scaling"]["mode"] == "on"
+    assert main(["data", "subsets", "--data", str(t.root)]) == 0
+    assert "thresholds 50/40/30/20/10" in capsys.readouterr().out
 
 
 def test_bad_inputs(tree, tmp_path, capsys):

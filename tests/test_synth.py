@@ -262,6 +262,53 @@ def test_plan_val_quota_tops_up_rare_class_sets():
     assert len(free) > p.n_val // 2  # most of val keeps the VOC frequencies
 
 
+def _bench_plan(seed: int = 0):
+    p = synth.PRESETS["bench"]
+    train_sets = [synth.plan_free(seed, "train", i, p).classes for i in range(p.n_train)]
+    return p, train_sets, synth.plan_val(seed, p, train_sets)
+
+
+def test_bench_plan_gives_every_paper_subset_at_least_20_val_images():
+    """The bench preset's val plan (class sets are exact: a scene is redrawn until its classes match)."""
+    from itertools import combinations
+
+    from robustbench_seg.data.subsets import scaled_thresholds
+
+    p, train_sets, specs = _bench_plan()
+    assert len(specs) == p.n_val and p.val_quota >= 20 and p.n_ooc >= 100
+    sets = [s.classes for s in specs]
+    for pattern in synth.CLASS_SET_PATTERNS:
+        assert sum(synth._matches(pattern, s) for s in sets) >= 20, pattern
+    for pattern in synth.RENDER_PATTERNS:
+        assert sum(s.pattern == pattern for s in specs) >= 20, pattern
+    # co-occurrence subsets at the scaled thresholds, counted over train + val as data/subsets.py does
+    cooc = synth.cooccurrence(train_sets + sets)
+    thresholds = scaled_thresholds(p.n_train + p.n_val)
+    worst = [max(int(cooc[a, b]) for a, b in combinations(s, 2)) for s in sets if len(s) >= 2]
+    sizes = [sum(w < t for w in worst) for t in thresholds]
+    assert sizes[-1] >= 20, sizes  # cooc10, the smallest
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes  # five different, nested subsets
+    assert sum(s.pattern == "cooc" for s in specs) > 0  # the top-up was needed and is recorded
+
+
+def test_bench_plan_is_deterministic_and_seed_dependent():
+    assert _bench_plan(0)[2] == _bench_plan(0)[2]
+    assert _bench_plan(0)[2] != _bench_plan(1)[2]
+
+
+def test_older_presets_plan_and_metadata_unchanged(synth_micro_root):
+    """bench's new fields default off: tiny/micro plans ignore the train sets, their synthvoc.json has no new key."""
+    for name in ("tiny", "micro"):
+        p = synth.PRESETS[name]
+        assert p.cooc_quota == 0 and not p.cooc_scale
+        assert synth.plan_val(0, p) == synth.plan_val(0, p, [(PERSON,)] * 5)
+    meta = json.loads((synth_micro_root / "synthvoc.json").read_text())
+    assert "cooc_threshold_scaling" not in meta
+    assert not {"cooc_quota", "cooc_scale"} & set(meta["preset"])
+    with pytest.raises(ValueError, match="train class sets"):
+        synth.plan_val(0, synth.PRESETS["bench"])
+
+
 # --- determinism, safety -----------------------------------------------------------------------
 
 def test_deterministic_across_runs_and_workers(synth_micro_root, tmp_path):

@@ -9,7 +9,8 @@ from rich.table import Table
 from .common import console, finish_command, print_json
 
 STYLE = {"ok": "green", "improved": "cyan", "new": "dim", "not evaluated": "dim", "regressed": "bold red",
-         "missing": "bold red", "different model": "bold red", "different perturbation": "bold red"}
+         "missing": "bold red", "different model": "bold red", "different perturbation": "bold red",
+         "per-image mismatch": "bold red"}
 WIDTH = 80  # the table fits a classic terminal
 
 

@@ -54,6 +54,10 @@ def register(subparsers) -> None:
     p.add_argument("--cooccur-splits", type=_split_list, default=["train_aug", "val"], metavar="A,B",
                    help="splits counted for the co-occurrence matrix (default: train_aug,val; one without a split "
                         "list is left out with a warning, and the splits used and missing are reported)")
+    p.add_argument("--cooc-scale", choices=("auto", "on", "off"), default="auto",
+                   help="scale the co-occurrence thresholds 50/40/30/20/10 to the number of images counted "
+                        "(n / 12,031, VOC's train_aug + val); auto (default): when the SynthVOC tree asks for "
+                        "it (bench preset), never on real VOC")
     finish_command(p, run_subsets)
 
     p = sub.add_parser("synth", help="generate a synthetic VOC tree (SynthVOC)",
@@ -149,7 +153,7 @@ def run_subsets(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CooccurSplitMissing)
         report = compute_subsets(args.data, split=args.split, cooccur_splits=args.cooccur_splits,
-                                 progress=show_progress(args))
+                                 progress=show_progress(args), cooc_scale=args.cooc_scale)
     for w in caught:  # one line each on stderr (also with --json, whose stdout stays pure JSON)
         if issubclass(w.category, CooccurSplitMissing):
             print(f"rbseg: warning: {w.message}", file=sys.stderr)
@@ -167,8 +171,11 @@ def run_subsets(args) -> int:
             table.add_row(name, str(len(report.subsets[name])), "")
         else:
             table.add_row(name, "-", f"unavailable: {report.unavailable[name]}")
+    used = "/".join(str(v) for v in report.cooc_thresholds.values())
+    table.caption = (f"cooc thresholds {used} (scaled to {report.cooc_scaling['cooccur_images']} images)"
+                     if report.cooc_scaling.get("scaled") else f"cooc thresholds {used}")
     if report.cooccur_splits_missing:
-        table.caption = f"co-occurrence splits without a split list, left out: {', '.join(report.cooccur_splits_missing)}"
+        table.caption += f"; co-occurrence splits without a split list, left out: {', '.join(report.cooccur_splits_missing)}"
     console.print(table)
     return 0
 

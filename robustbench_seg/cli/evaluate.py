@@ -17,9 +17,10 @@ from .common import add_data_arg, add_device_arg, console, finish_command, print
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="evaluate a model clean and under universal perturbations (mIoU, subsets)",
-        description="Evaluate a segmentation model at full resolution, clean and under each universal "
-                    "perturbation, on the full split and every paper subset, in one pass over the data. "
+        "evaluate", help="evaluate a model clean, under universal perturbations and per-image attacks (mIoU, subsets)",
+        description="Evaluate a segmentation model at full resolution, clean, under each universal "
+                    "perturbation and each per-image attack (--attacks; with their per-image worst case), on the "
+                    "full split and every paper subset, in one pass over the data (torchrun shards the images). "
                     "Results go to OUT/<model>/<dataset>/<split>-<fit>-<clip>-<dtype>/<input>.json and are "
                     "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC tiny "
                     "benchmark (generated into the cache on first use).",
@@ -35,6 +36,18 @@ def register(subparsers) -> None:
     p.add_argument("--perturbations", default="all", metavar="all|none|NAME,...",
                    help="shipped perturbation names or .npy paths, 'all' (every shipped one) may be among them "
                         "(default: all); clean is always included")
+    p.add_argument("--attacks", default=None, metavar="all|NAME,...",
+                   help="per-image white-box attacks (pgd, segpgd, cospgd, sea = sea-mce,sea-bmce,sea-js; 'all': every "
+                        "one); each at every --eps; with two or more, the per-image worst case per eps is added")
+    p.add_argument("--eps", default=None, metavar="E,...",
+                   help="l-inf budgets of the attacks in 0-255 pixel units ('4/255' notation accepted; "
+                        "default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="attack iterations (default: the preset's)")
+    p.add_argument("--attack-preset", default="quick", choices=["quick", "full"],
+                   help="quick: few steps and eps values, every image and subset (CPU); full: the published "
+                        "protocol (GPU) (default: quick)")
+    p.add_argument("--attack-dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="precision of the attacks' forward and backward passes (default: fp32; recorded)")
     p.add_argument("--allow-any-magnitude", action="store_true",
                    help="evaluate a perturbation whose max |v| the loader refuses as implausible (above its xi, or "
                         "without a JSON sidecar above 32 or below 0.5 in 0-255 units); max |v| is recorded anyway")
@@ -111,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise RbsegError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise RbsegError(f"--steps must be >= 1, got {args.steps}")
+    if args.attacks is None and (args.eps is not None or args.steps is not None):
+        raise RbsegError("--eps and --steps apply to per-image attacks: add --attacks NAME,... (or all)")
+    import os
+
+    writer = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 reports
     specs = model_specs(args.model)
     if args.weights is not None and len(specs) > 1:
         raise RbsegError(f"--weights applies to one module:function model, not to {len(specs)} models")
@@ -123,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
                 spec, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
                 fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                 out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json,
-                force=args.force, allow_any_magnitude=args.allow_any_magnitude,
+                force=args.force, allow_any_magnitude=args.allow_any_magnitude, attacks=args.attacks, eps=args.eps,
+                steps=args.steps, attack_preset=args.attack_preset, attack_dtype=args.attack_dtype,
             )
             all_records += records
-            if not args.json:
+            if not args.json and writer:
                 show_model(args, records, wanted_subsets)
-    if args.json:
+    if args.json and writer:
         print_json([r.to_dict() for r in all_records])
     return 0
 
@@ -137,7 +158,8 @@ def show_model(args: argparse.Namespace, records, wanted_subsets: list[str]) -> 
     console.print(results_table(records))
     if args.show_subsets:
         console.print(subsets_table(records, wanted_subsets))
-    if args.perturbations == "all" and len(records) == 1:
+    if args.perturbations == "all" and not any(r.perturbation.get("kind", "perturbation") == "perturbation"
+                                               and r.perturbation["name"] != "clean" for r in records):
         from ..paths import shipped_perturbations_dir
 
         console.print(f"[dim]no shipped perturbations in {shipped_perturbations_dir()} (rbseg reproduce or "

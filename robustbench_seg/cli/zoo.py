@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     tr.add_argument("name", help="zoo name (rbseg zoo list)")
     add_data_arg(tr, required=False, help_text="VOC2012/ folder (default: the embedded SynthVOC tiny)")
     tr.add_argument("--out", default="runs", metavar="DIR|CKPT", help="run folder (gets NAME.pt) or checkpoint path")
-    tr.add_argument("--preset", default="tiny", help="training preset (tiny, paper)")
+    tr.add_argument("--preset", default="tiny", help="training preset (tiny, bench, paper)")
+    tr.add_argument("--weights-backbone", default=None, metavar="PATH",
+                    help="backbone to fine-tune from (the bench preset needs its shared pre-trained backbone: "
+                         "WORK/pretrain/backbone.pt of rbseg reproduce --preset bench)")
     tr.add_argument("--export", action="store_true", help="export into the zoo folder when done")
     tr.add_argument("--models-dir", default=None, metavar="DIR", help="zoo folder to export into (default: models/)")
     finish_command(tr, run_train, device=True)
@@ -122,7 +125,9 @@ def run_train(args: argparse.Namespace) -> int:
         from ..data.synth import default_dataset
 
         data = default_dataset(progress=not args.json)
-    ckpt = train_recipe(args.name, data, args.out, preset=args.preset, device=args.device, progress=not args.json)
+    extra = {} if args.weights_backbone is None else {"weights_backbone": args.weights_backbone}
+    ckpt = train_recipe(args.name, data, args.out, preset=args.preset, device=args.device, progress=not args.json,
+                        **extra)
     result = {"name": args.name, "checkpoint": str(ckpt)}
     if args.export:
         result["exported"] = str(export_to_zoo(args.name, ckpt, args.models_dir))

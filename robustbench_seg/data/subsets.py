@@ -14,6 +14,15 @@ On the evaluated split (VOC 2012 val by default):
   their classes co-occurs in fewer than T images of the co-occurrence splits (default train_aug and
   val; a split without a split list is dropped with a warning naming its file, and both the splits
   used and the missing ones are recorded: ``cooccur_splits_used`` / ``cooccur_splits_missing``).
+  Threshold scaling (``cooc_scale``): the paper's T = 50/40/30/20/10 count co-occurrences among
+  VOC's 12,031 train_aug + val images; on a smaller tree the same T would select almost every
+  multi-class image at every threshold. With scaling on, each T becomes ``round(T * n / 12031)``
+  (n = images counted; kept >= 5, 4, 3, 2, 1 and strictly decreasing, so the five thresholds stay
+  distinct), never scaled up. ``"auto"`` (default) scales a SynthVOC tree whose ``synthvoc.json``
+  asks for it (``cooc_threshold_scaling``: the ``bench`` preset; the legacy ``tiny``/``micro`` trees
+  keep the paper's values until the shipped zoo is regenerated) and any other tree (real VOC) not;
+  the thresholds used are recorded (``cooc_thresholds``, ``cooc_scaling``). The subset names stay
+  ``cooc50``..``cooc10`` (the paper's rows).
 
 A subset whose annotations the tree lacks for some image of the split is *unavailable* (with the
 reason), never empty: a subset computed on part of the split would silently be a different subset.
@@ -39,6 +48,9 @@ OBJECT_COUNTS = (1, 2, 3, 4)
 UNIQUE_COUNTS = (2, 3, 4)
 TABLE3_CLASSES = ("horse", "motorbike", "bicycle", "bottle", "car")
 COOC_THRESHOLDS = (50, 40, 30, 20, 10)
+# VOC 2012 train_aug (10,582) + val (1,449): the images the paper's thresholds count co-occurrences in
+VOC_COOCCUR_IMAGES = 10582 + 1449
+COOC_SCALE_MODES = ("auto", "on", "off")
 DEFAULT_COOCCUR_SPLITS = ("train_aug", "val")
 
 SUBSET_NAMES: tuple[str, ...] = (
@@ -92,10 +104,43 @@ def max_pair_count(fg: frozenset[int], cooc: np.ndarray) -> int | None:
     return max(int(cooc[a, b]) for a, b in pairs) if pairs else None
 
 
-def cooccurrence_subsets(fg_sets: Mapping[str, frozenset[int]], cooc: np.ndarray) -> dict[str, list[str]]:
-    """``cooc<T>``: >= 2 foreground classes and every pair's count < T."""
+def cooccurrence_subsets(fg_sets: Mapping[str, frozenset[int]], cooc: np.ndarray,
+                         thresholds: Sequence[int] = COOC_THRESHOLDS) -> dict[str, list[str]]:
+    """``cooc<T>``: >= 2 foreground classes and every pair's count < the threshold used for T
+    (``thresholds[k]`` for the paper's ``COOC_THRESHOLDS[k]``; the paper's own values by default)."""
     worst = {i: max_pair_count(s, cooc) for i, s in fg_sets.items()}
-    return {f"cooc{t}": [i for i, m in worst.items() if m is not None and m < t] for t in COOC_THRESHOLDS}
+    return {f"cooc{t}": [i for i, m in worst.items() if m is not None and m < used]
+            for t, used in zip(COOC_THRESHOLDS, thresholds)}
+
+
+def scaled_thresholds(n_images: int, reference: int = VOC_COOCCUR_IMAGES,
+                      base: Sequence[int] = COOC_THRESHOLDS) -> tuple[int, ...]:
+    """The paper's thresholds scaled by ``n_images / reference`` (never up), rounded, kept >= 5, 4, 3,
+    2, 1 and strictly decreasing so that five distinct thresholds remain."""
+    factor = min(1.0, max(0, n_images) / reference)
+    k = len(base)
+    out: list[int] = []
+    for i, t in enumerate(base):
+        v = max(int(round(t * factor)), k - i)
+        if out:
+            v = min(v, out[-1] - 1)
+        out.append(v)
+    return tuple(out)
+
+
+def tree_asks_scaling(root: str | Path) -> bool:
+    """A SynthVOC tree whose ``synthvoc.json`` asks for scaled thresholds (``cooc_threshold_scaling``:
+    the ``bench`` preset and later ones; the legacy ``tiny``/``micro`` trees keep the paper's values
+    until the shipped zoo is regenerated). Any other tree (real VOC): False."""
+    import json
+
+    meta = Path(root) / "synthvoc.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("cooc_threshold_scaling") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # --- reading the per-image facts from a tree ----------------------------------------------------
@@ -130,6 +175,8 @@ class SubsetReport:
     cooccur_splits: list[str]  # the splits actually counted
     requested_cooccur_splits: list[str] = field(default_factory=list)
     cooccur_splits_missing: list[str] = field(default_factory=list)  # requested, but without a split list
+    cooc_thresholds: dict[str, int] = field(default_factory=lambda: {f"cooc{t}": t for t in COOC_THRESHOLDS})
+    cooc_scaling: dict = field(default_factory=lambda: {"mode": "off", "scaled": False})
 
     @property
     def cooccur_splits_used(self) -> list[str]:
@@ -143,6 +190,8 @@ class SubsetReport:
             "unavailable": dict(self.unavailable),
             "cooccur_splits_used": list(self.cooccur_splits),
             "cooccur_splits_missing": list(self.cooccur_splits_missing),
+            "cooc_thresholds": dict(self.cooc_thresholds),
+            "cooc_scaling": dict(self.cooc_scaling),
             "cooccurrence": {
                 "splits": list(self.cooccur_splits),
                 "classes": list(VOC_CLASSES),
@@ -156,8 +205,14 @@ def compute_subsets(
     split: str = "val",
     cooccur_splits: Sequence[str] = DEFAULT_COOCCUR_SPLITS,
     progress: bool = False,
+    cooc_scale: str = "auto",
 ) -> SubsetReport:
-    """Every subset of :data:`SUBSET_NAMES` on ``split`` (available ones, and why the others are not)."""
+    """Every subset of :data:`SUBSET_NAMES` on ``split`` (available ones, and why the others are not).
+
+    ``cooc_scale``: ``"auto"`` (scale the co-occurrence thresholds on a SynthVOC tree, keep the
+    paper's elsewhere), ``"on"`` or ``"off"`` (module docstring)."""
+    if cooc_scale not in COOC_SCALE_MODES:
+        raise RbsegError(f"cooc_scale must be one of {', '.join(COOC_SCALE_MODES)}, got {cooc_scale!r}")
     root = voc.resolve_root(root)
     ids = list(dict.fromkeys(voc.read_split(root, split)))
     if not ids:
@@ -197,9 +252,18 @@ def compute_subsets(
     missing = [s for s in requested if s not in used]
     for s in missing:
         warnings.warn(cooccur_missing_message(root, s), CooccurSplitMissing, stacklevel=2)
+    thresholds = tuple(COOC_THRESHOLDS)
+    scale = cooc_scale == "on" or (cooc_scale == "auto" and tree_asks_scaling(root))
+    scaling: dict = {"mode": cooc_scale, "scaled": False}
     if used:
-        cooc = cooccurrence_matrix(merged_class_sets(root, used, progress=progress))
-        found.update(cooccurrence_subsets(fg_sets, cooc))
+        merged = merged_class_sets(root, used, progress=progress)
+        cooc = cooccurrence_matrix(merged)
+        if scale:
+            thresholds = scaled_thresholds(len(merged))
+            scaling = {"mode": cooc_scale, "scaled": thresholds != tuple(COOC_THRESHOLDS),
+                       "cooccur_images": len(merged), "reference_images": VOC_COOCCUR_IMAGES,
+                       "factor": round(min(1.0, len(merged) / VOC_COOCCUR_IMAGES), 6)}
+        found.update(cooccurrence_subsets(fg_sets, cooc, thresholds))
     else:
         cooc = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         reason = f"none of the co-occurrence splits ({', '.join(requested) or 'none given'}) has a split list"
@@ -213,4 +277,6 @@ def compute_subsets(
         cooccur_splits=used,
         requested_cooccur_splits=requested,
         cooccur_splits_missing=missing,
+        cooc_thresholds={f"cooc{t}": int(u) for t, u in zip(COOC_THRESHOLDS, thresholds)},
+        cooc_scaling=scaling,
     )

@@ -55,6 +55,14 @@ Splits
   instance) depend on the rendering and always get ``val_quota`` dedicated images. ``occ1``,
   ``obj1``-``obj3``, ``uniq2`` and the ``coocT`` subsets are common under the VOC frequencies.
   ``synthvoc.json`` lists the pattern of each stratified image.
+* Co-occurrence top-up (presets with ``cooc_quota``, i.e. ``bench``): the rarest co-occurrence subset
+  (``cooc10`` at the scaled threshold of data/subsets.py, counted over train + val of the plan, which
+  is exact because every scene's classes equal its planned set) is topped up to ``cooc_quota`` images
+  by replacing VOC-frequency val images (never one a class-set pattern counts) with CSV class sets
+  whose every pair stays below that threshold (pattern ``cooc`` in ``synthvoc.json``). Such a preset
+  also writes ``cooc_threshold_scaling: true`` to ``synthvoc.json`` (``cooc_scale``), which turns the
+  thresholds' scaling on in data/subsets.py. The older presets (tiny, micro) have neither, and their
+  trees are byte-identical to before.
 * ``ooc``: out-of-context scenes. After ``train`` is generated, the class pairs with zero
   co-occurrence in it are listed; each ``ooc`` image holds exactly one such pair (chosen
   uniformly) and no other class.
@@ -112,6 +120,12 @@ class Preset:
     val_quota: int
     workers: int
     description: str
+    # Added for the ``bench`` preset; the defaults keep the older presets' trees (and synthvoc.json) unchanged.
+    # cooc_quota: val images topped up so that the rarest co-occurrence subset (cooc10, at the scaled
+    # threshold of data/subsets.py) holds at least this many; cooc_scale: the tree asks evaluation to scale
+    # the co-occurrence thresholds to its size (recorded in synthvoc.json, read by data/subsets.py).
+    cooc_quota: int = 0
+    cooc_scale: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -119,6 +133,9 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("micro", 40, 24, 10, 56, 72, 5, 1, 1, "for tests: a few dozen 56-72 px images"),
         Preset("tiny", 320, 140, 40, 64, 96, 6, 3, 2, "the embedded default: a few hundred 64-96 px images"),
+        Preset("bench", 4000, 600, 120, 64, 96, 6, 20, 2,
+               "the embedded benchmark: 4,000 train_aug / 600 val (>= 20 images in every paper subset) / 120 ooc, 64-96 px",
+               cooc_quota=20, cooc_scale=True),
         Preset("small", 1600, 400, 100, 128, 160, 7, 5, 2, "about 2,000 images of 128-160 px"),
         Preset("large", 10582, 1449, 300, 256, 500, 8, 5, 2, "VOC-sized: 10,582 train_aug / 1,449 val, 256-500 px"),
     )
@@ -1060,8 +1077,10 @@ def plan_free(seed: int, split: str, index: int, preset: Preset) -> SceneSpec:
     return SceneSpec(sample_class_set(rng), None)
 
 
-def plan_val(seed: int, preset: Preset) -> list[SceneSpec]:
-    """The val specs: VOC-frequency scenes, the last ones replaced by the stratification quota."""
+def plan_val(seed: int, preset: Preset, train_sets=None) -> list[SceneSpec]:
+    """The val specs: VOC-frequency scenes, the last ones replaced by the stratification quota
+    (and, when the preset has a ``cooc_quota``, some free ones by rare-pair scenes: ``train_sets``,
+    the train class sets, are needed to count co-occurrences)."""
     n, q = preset.n_val, preset.val_quota
     stream = [plan_free(seed, "val", i, preset) for i in range(n)]
     fixed = [p for p in RENDER_PATTERNS for _ in range(q)]
@@ -1088,7 +1107,52 @@ def plan_val(seed: int, preset: Preset) -> list[SceneSpec]:
     for j, p in enumerate(patterns):
         idx = n_free + j
         specs.append(_pattern_spec(_rng(seed, "val", idx, _PLAN), p, preset.max_instances))
+    if preset.cooc_quota:
+        if train_sets is None:
+            raise ValueError(f"preset '{preset.name}' has a cooc_quota: plan_val needs the train class sets")
+        specs = _top_up_cooc(seed, preset, specs, n_free, train_sets)
     return specs
+
+
+_COOC_STREAM = 2  # the rng stream of a val image replaced by the co-occurrence top-up
+
+
+def _top_up_cooc(seed: int, preset: Preset, specs: list[SceneSpec], n_free: int, train_sets) -> list[SceneSpec]:
+    """Replace VOC-frequency val images (from the end of the free part backwards, skipping any that a
+    class-set pattern or the subset itself counts) by class sets whose every pair is rare, until the
+    rarest co-occurrence subset (``cooc10`` at the scaled threshold, counted over train + val exactly as
+    data/subsets.py does) holds ``preset.cooc_quota`` images. Candidates are CSV class sets (>= 2
+    classes), drawn with the VOC frequencies among those that keep every pair below the threshold."""
+    from itertools import combinations
+
+    from .subsets import scaled_thresholds
+
+    t = scaled_thresholds(preset.n_train + preset.n_val)[-1]
+    base = cooccurrence(train_sets)
+    specs = list(specs)
+
+    def counts() -> np.ndarray:
+        return base + cooccurrence(s.classes for s in specs)
+
+    def rare(cooc) -> set[int]:
+        return {i for i, s in enumerate(specs)
+                if len(s.classes) >= 2 and max(int(cooc[a, b]) for a, b in combinations(s.classes, 2)) < t}
+
+    j = n_free - 1
+    while True:
+        cooc = counts()
+        have = rare(cooc)
+        if len(have) >= preset.cooc_quota:
+            return specs
+        while j >= 0 and (j in have or any(_matches(p, specs[j].classes) for p in CLASS_SET_PATTERNS)):
+            j -= 1
+        if j < 0:
+            raise RbsegError(f"preset '{preset.name}': val is too small for {preset.cooc_quota} co-occurrence images")
+        old = specs[j].classes
+        cooc = cooc - cooccurrence([old])  # without the image being replaced
+        ok = lambda s: len(s) >= 2 and all(int(cooc[a, b]) + 1 < t for a, b in combinations(s, 2))  # noqa: E731
+        specs[j] = SceneSpec(sample_class_set(_rng(seed, "val", j, _COOC_STREAM), where=ok), None, pattern="cooc")
+        j -= 1
 
 
 def cooccurrence(class_sets) -> np.ndarray:
@@ -1205,7 +1269,7 @@ def generate(
         val_ids = [f"val_{i:06d}" for i in range(p.n_val)]
         ooc_ids = [f"ooc_{i:06d}" for i in range(p.n_ooc)]
         train_specs = [plan_free(seed, "train", i, p) for i in range(p.n_train)]
-        val_specs = plan_val(seed, p)
+        val_specs = plan_val(seed, p, [s.classes for s in train_specs])
         total = p.n_train + p.n_val + p.n_ooc
         ctx = _Progress(total, f"SynthVOC {preset} (seed {seed})") if progress else None
         if ctx is not None:
@@ -1227,7 +1291,7 @@ def generate(
         meta = {
             "dataset": f"SynthVOC-{preset}",
             "generator_version": GENERATOR_VERSION,
-            "preset": asdict(p),
+            "preset": _preset_meta(p),
             "seed": int(seed),
             "void_width": int(void_width),
             "occlusion_threshold": OCCLUSION_THRESHOLD,
@@ -1236,6 +1300,7 @@ def generate(
             "objects": {"train": sum(r[2] for r in train_res[: p.n_train]), "val": sum(r[2] for r in val_res),
                         "ooc": sum(r[2] for r in ooc_res)},
             "ooc_pairs": sorted({s.pattern[4:] for s in ooc_specs}),
+            **({"cooc_threshold_scaling": True} if p.cooc_scale else {}),
             "val_stratified": {val_ids[i]: s.pattern for i, s in enumerate(val_specs) if s.pattern},
         }
         (tmp / "synthvoc.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -1244,6 +1309,16 @@ def generate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _preset_meta(p: Preset) -> dict:
+    """The preset as synthvoc.json records it; fields added later are left out at their defaults, so
+    the older presets' files stay byte-identical."""
+    d = asdict(p)
+    for key, default in (("cooc_quota", 0), ("cooc_scale", False)):
+        if d[key] == default:
+            del d[key]
+    return d
 
 
 def _install(tmp: Path, final: Path, overwrite: bool) -> None:

@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -160,12 +160,16 @@ def batch_loader(dataset: EvalImages, batches: list[list[int]], device: torch.de
 
 # --- the model call ------------------------------------------------------------------------------
 
-def forward_outputs(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def forward_outputs(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
     """The model's raw outputs for float 0-255 pixels (N, 3, H, W): ``model(normalize(x255))`` under
-    autocast when ``dtype`` is bf16; a plain tensor output becomes ``{"out": tensor}``."""
+    autocast when ``dtype`` is bf16 (None: no autocast context of its own, the caller's applies);
+    a plain tensor output becomes ``{"out": tensor}``."""
     x = normalize(x255)
-    with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    if dtype is None:
         out = model(x)
+    else:
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(x)
     out = out if isinstance(out, dict) else {"out": out}
     logits = out.get("out")
     if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
@@ -180,7 +184,7 @@ def at_input_size(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return logits
 
 
-def forward_logits(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
     """Model logits (``"out"``) at the input resolution."""
     return at_input_size(forward_outputs(model, x255, dtype)["out"], x255.shape[-2:])
 
@@ -190,6 +194,136 @@ def predict_labels(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtyp
     if logits.shape[1] != NUM_CLASSES:
         raise RbsegError(f"the model returns {logits.shape[1]} channels, expected {NUM_CLASSES} (VOC classes)")
     return logits.argmax(1)
+
+
+# --- inputs: what the one pass evaluates on every image --------------------------------------------
+
+@dataclass
+class BatchContext:
+    """What an input's producer may need besides the images: the model and how it is called."""
+
+    model: torch.nn.Module
+    index: torch.Tensor  # positions of the batch's images in the pass's id list (CPU, int64)
+    batch_no: int
+
+
+class EvalInput:
+    """One kind of input the pass evaluates on every image (clean, a universal perturbation, a
+    per-image attack; issue 14 adds corruptions): ``produce(x, target, ctx)`` returns the float 0-255
+    batch (B, 3, H, W) the model is scored on. The pass runs under ``torch.inference_mode``; an input
+    that needs autograd (an attack) leaves it inside its own producer, the scoring forward stays in
+    it. ``keep_per_image``: the pass also keeps this input's per-image confusion matrices (the
+    statistics a worst case over attacks is computed from). A new kind of input is one subclass
+    registered in :data:`INPUT_KINDS`."""
+
+    kind = "input"
+    keep_per_image = False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def to(self, device: torch.device) -> EvalInput:
+        return self
+
+    def produce(self, x: torch.Tensor, target: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CleanInput(EvalInput):
+    kind = "clean"
+
+    def __init__(self, name: str = "clean"):
+        super().__init__(name)
+
+    def produce(self, x, target, ctx):
+        return x
+
+
+class PerturbationInput(EvalInput):
+    """A fixed delta (3, h, w) in 0-255 units, fitted to each image size once (``fit``) and added by
+    ``attacks.apply.apply_perturbation``."""
+
+    kind = "perturbation"
+
+    def __init__(self, delta, fit: FitMode | str = DEFAULT_FIT, clip: bool = DEFAULT_CLIP, name: str = "perturbation"):
+        super().__init__(name)
+        self.delta = torch.as_tensor(delta, dtype=torch.float32)
+        self.fit, self.clip = FitMode(fit), bool(clip)
+        self._fitted: dict[tuple[int, int], torch.Tensor] = {}
+
+    def to(self, device):
+        self.delta = self.delta.to(device)  # the perturbation lives on the device once
+        self._fitted = {}
+        return self
+
+    def produce(self, x, target, ctx):
+        size = tuple(x.shape[-2:])
+        if size not in self._fitted:
+            if len(self._fitted) >= FITTED_CACHE_SIZES:  # batches come grouped by size: keep the recent few
+                self._fitted.pop(next(iter(self._fitted)))
+            self._fitted[size] = fit_perturbation(self.delta, *size, self.fit)
+        return apply_perturbation(x, self._fitted[size], self.fit, self.clip)
+
+
+class AttackInput(EvalInput):
+    """A per-image white-box attack (``attacks.perimage``): the adversarial batch is a function of the
+    model, the images and their labels. Runs with autograd inside its producer, in the precision its
+    spec records (``params["dtype"]``: the attack applies the autocast, the model call here adds
+    none); each image's random start draws from its own seed (spec seed, attack, image position), so
+    an image's result does not depend on its batch neighbours, the process or a resumed run."""
+
+    kind = "attack"
+    keep_per_image = True
+
+    def __init__(self, spec, name: str, class_weights=None):
+        super().__init__(name)
+        self.spec = spec
+        self.seed = int((getattr(spec, "params", None) or {}).get("seed", 0))
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+
+    def to(self, device):
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(device)
+        return self
+
+    def seeds(self, index: Sequence[int]) -> list[int]:
+        """One seed per image, from (spec seed, attack name, the image's position in the id list)."""
+        return [int(hashlib.sha256(f"{self.seed}:{self.name}:{int(k)}".encode()).hexdigest()[:15], 16) for k in index]
+
+    def produce(self, x, target, ctx):
+        from ..attacks.perimage import run_attack
+
+        model = ctx.model
+
+        def forward(z: torch.Tensor) -> torch.Tensor:
+            return forward_logits(model, z, None)
+
+        with torch.inference_mode(False), torch.enable_grad():
+            x0 = x.clone()  # a normal tensor: the loader's batch was made in inference mode
+            labels = target.long().clone()
+            adv = run_attack(self.spec, forward, x0, labels, class_weights=self.class_weights,
+                             seeds=self.seeds(ctx.index.tolist()))
+        adv = adv.detach()
+        if adv.shape != x.shape:
+            raise RbsegError(f"attack '{self.name}' returned shape {tuple(adv.shape)} for inputs {tuple(x.shape)}")
+        # the budget is the attack's contract: an input outside it would be scored as a stronger attack
+        excess = float((adv - x).abs().amax()) if adv.numel() else 0.0
+        if excess > float(self.spec.eps) + 1e-3 or float(adv.amin()) < -1e-3 or float(adv.amax()) > 255.001:
+            raise RbsegError(f"attack '{self.name}' left its l-inf budget eps={self.spec.eps:g} or [0, 255] "
+                             f"(max |delta| {excess:.4f})")
+        return adv
+
+
+INPUT_KINDS: dict[str, type[EvalInput]] = {"clean": CleanInput, "perturbation": PerturbationInput, "attack": AttackInput}
+
+
+def as_input(item, fit: FitMode | str = DEFAULT_FIT, clip: bool = DEFAULT_CLIP, position: int = 0) -> EvalInput:
+    """None -> clean; a (3, h, w) tensor or array -> a universal perturbation; an EvalInput as is."""
+    if isinstance(item, EvalInput):
+        return item
+    if item is None:
+        return CleanInput()
+    return PerturbationInput(item, fit, clip, name=f"perturbation {position}")
 
 
 # --- the one evaluation loop ---------------------------------------------------------------------
@@ -234,10 +368,13 @@ def _non_finite_message(model_label: str, finite: torch.Tensor, ids: Sequence[st
 
 @dataclass
 class PassState:
-    """Confusion matrices (P perturbations x S subsets x C x C, int64) after ``batches_done`` batches."""
+    """Confusion matrices (P inputs x S subsets x C x C, int64) after ``batches_done`` batches;
+    ``per_image``: (K, N, C, C) int32 per-image confusion matrices of the K inputs that keep them
+    (``EvalInput.keep_per_image``, in input order; zeros for images not evaluated yet), else None."""
 
     cms: torch.Tensor
     batches_done: int = 0
+    per_image: torch.Tensor | None = None
 
 
 def run_pass(
@@ -245,7 +382,7 @@ def run_pass(
     root: Path,
     split: str,
     ids: Sequence[str],
-    deltas: Sequence[torch.Tensor | None],
+    deltas: Sequence[EvalInput | torch.Tensor | None],
     membership: torch.Tensor,
     *,
     fit: FitMode | str = DEFAULT_FIT,
@@ -265,9 +402,13 @@ def run_pass(
     model_label: str = "model",
     input_names: Sequence[str] | None = None,
 ) -> PassState:
-    """One pass over ``ids``: confusion matrices for every (delta, subset) pair.
+    """One pass over ``ids``: confusion matrices for every (input, subset) pair.
 
-    ``deltas``: None for clean, else (3, h, w) perturbations in 0-255 units. ``membership``:
+    ``deltas``: the inputs, each an :class:`EvalInput` (clean, perturbation, attack, ...) or, as
+    before, None for clean and a (3, h, w) perturbation in 0-255 units (fitted with ``fit`` /
+    ``clip``). Inputs with ``keep_per_image`` also get per-image confusion matrices
+    (``PassState.per_image``). ``batches`` (default: every image, grouped by size) may be a
+    process's share of the plan (``torchrun`` sharding). ``membership``:
     (S, len(ids)) bool, row s marks the images of subset s. ``state`` resumes a pass that stopped
     after ``state.batches_done`` batches of the same plan; ``checkpoint(state)`` is called every
     ``checkpoint_every_s`` seconds and when the pass is interrupted by an exception. The inputs of a
@@ -281,23 +422,30 @@ def run_pass(
     """
     fit = FitMode(fit)
     forward_batch = forward_batch or batch_size
-    n_p, n_s = len(deltas), membership.shape[0]
+    inputs = [as_input(d, fit, clip, k) for k, d in enumerate(deltas)]
+    keep = [k for k, inp in enumerate(inputs) if inp.keep_per_image]
+    n_p, n_s = len(inputs), membership.shape[0]
     if membership.shape[1] != len(ids):
         raise ValueError(f"membership has {membership.shape[1]} columns for {len(ids)} ids")
     if batches is None:
         batches = size_batches([image_size(voc.image_path(root, i)) for i in ids], batch_size)
     if state is None:
         state = PassState(torch.zeros(n_p, n_s, NUM_CLASSES, NUM_CLASSES, dtype=torch.long))
-    state = PassState(state.cms.to(device), state.batches_done)
+    if keep and state.per_image is None:
+        state = PassState(state.cms, state.batches_done,
+                          torch.zeros(len(keep), len(ids), NUM_CLASSES, NUM_CLASSES, dtype=torch.int32))
+    state = PassState(state.cms.to(device), state.batches_done,
+                      None if state.per_image is None or not keep else state.per_image.to(device))
     member = membership.to(device=device, dtype=torch.float64)
     # the perturbations live on the device once; fitting them to a new image size copies nothing
-    dev_deltas = [None if d is None else torch.as_tensor(d, dtype=torch.float32).to(device) for d in deltas]
-    fitted: dict[tuple[int, int], list[torch.Tensor | None]] = {}
+    inputs = [inp.to(device) for inp in inputs]
+    names = list(input_names) if input_names is not None else [
+        inp.name if not isinstance(inp, PerturbationInput) else f"perturbation {k}" for k, inp in enumerate(inputs)]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     def snapshot() -> PassState:
-        return PassState(state.cms.cpu(), state.batches_done)
+        return PassState(state.cms.cpu(), state.batches_done, None if state.per_image is None else state.per_image.cpu())
 
     todo = batches[state.batches_done:]
     loader = batch_loader(EvalImages.from_split(root, split, ids), todo, device, num_workers)
@@ -313,23 +461,29 @@ def run_pass(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = masks.to(device, non_blocking=True)
-                size = tuple(x.shape[-2:])
-                if size not in fitted:
-                    if len(fitted) >= FITTED_CACHE_SIZES:  # batches come grouped by size: keep the recent few
-                        fitted.pop(next(iter(fitted)))
-                    fitted[size] = [None if d is None else fit_perturbation(d, *size, fit) for d in dev_deltas]
-                # every input of this batch (clean and perturbed) as one stack of P x B images,
-                # run in forward chunks of at most `forward_batch` images (all of the same size)
-                stack = torch.cat([x if d is None else apply_perturbation(x, d, fit, clip) for d in fitted[size]])
                 batch_no = state.batches_done + 1
+                ctx = BatchContext(model, index, batch_no)
+                producing = None
                 try:
+                    # every input of this batch (clean, perturbed, attacked) as one stack of P x B
+                    # images, run in forward chunks of at most `forward_batch` images (one size)
+                    produced = []
+                    for inp, name in zip(inputs, names):
+                        producing = name
+                        produced.append(inp.produce(x, target, ctx))
+                    producing = None
+                    stack = torch.cat(produced)
+                    if channels_last:
+                        stack = stack.contiguous(memory_format=torch.channels_last)
                     logits = [forward_logits(model, chunk, dtype) for chunk in stack.split(forward_batch)]
                 except RbsegError:
                     raise
                 except Exception as exc:  # a user model's own error: one line naming the model and the batch
                     raise ModelFailure(
                         f"model '{model_label}' raised {type(exc).__name__} on batch {batch_no} of {len(batches)} "
-                        f"(images {_ids_text(ids, index)}): {_one_line(exc)} (full traceback: rbseg --debug)"
+                        f"(images {_ids_text(ids, index)}"
+                        + (f", while making input '{producing}'" if producing and producing != "clean" else "")
+                        + f"): {_one_line(exc)} (full traceback: rbseg --debug)"
                     ) from exc
                 if logits[0].shape[1] != NUM_CLASSES:
                     raise RbsegError(f"the model returns {logits[0].shape[1]} channels, expected {NUM_CLASSES} (VOC classes)")
@@ -337,15 +491,18 @@ def run_pass(
                 # image on the device and one host synchronisation per batch
                 finite = torch.cat([torch.isfinite(t).flatten(1).all(1) for t in logits])
                 if not bool(finite.all()):
-                    raise NonFiniteLogits(_non_finite_message(model_label, finite, ids, index, input_names,
+                    raise NonFiniteLogits(_non_finite_message(model_label, finite, ids, index, names,
                                                               batch_no, len(batches)))
                 pred = torch.cat([t.argmax(1) for t in logits])
                 per_image = batched_confusion_matrix(pred, target.repeat(n_p, 1, 1), validate=False)
                 # (index came pinned with the batch: no host synchronisation for it on CUDA)
                 counts = torch.einsum("sb,pbk->psk", member[:, index.to(device, non_blocking=True)],
                                       per_image.view(n_p, len(index), -1).double())
+                if keep:  # each image is written once (a re-run batch after a resume writes the same values)
+                    state.per_image[:, index.to(device)] = per_image.view(n_p, len(index), NUM_CLASSES, NUM_CLASSES)[keep].int()
                 # one assignment: an interruption leaves either the old or the new state, never half
-                state = PassState(state.cms + counts.round().long().view_as(state.cms), state.batches_done + 1)
+                state = PassState(state.cms + counts.round().long().view_as(state.cms), state.batches_done + 1,
+                                  state.per_image)
                 if bar is not None:
                     bar.advance(bar.task_ids[0])
                 if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
@@ -594,15 +751,16 @@ def resolve_subsets(root: Path, split: str, subsets, ids: Sequence[str], with_co
     """(subset name -> ids, in the split's order; unavailable name -> reason). ``"all"`` is the full
     split; on the ``ooc`` split the full split is also recorded as the ``ooc`` subset.
 
-    ``with_cooccurrence``: a third item, (co-occurrence splits used, requested but missing), both
-    None when no subset was computed (``data.subsets`` warns about a missing one)."""
+    ``with_cooccurrence``: a third item, (co-occurrence splits used, requested but missing, the cooc
+    thresholds used: name -> T, scaled on a bench-like SynthVOC tree), all None when no subset was
+    computed (``data.subsets`` warns about a missing one)."""
     chosen: dict[str, list[str]] = {"all": list(ids)}
     if split == "ooc":
         chosen["ooc"] = list(ids)
     unavailable: dict[str, str] = {}
     wanted = subset_names(subsets)
     if not wanted:
-        return (chosen, unavailable, (None, None)) if with_cooccurrence else (chosen, unavailable)
+        return (chosen, unavailable, (None, None, None)) if with_cooccurrence else (chosen, unavailable)
     from ..data.subsets import compute_subsets
 
     report = compute_subsets(root, split)
@@ -613,7 +771,8 @@ def resolve_subsets(root: Path, split: str, subsets, ids: Sequence[str], with_co
             unavailable[name] = report.unavailable.get(name, "not computed for this split")
     if not with_cooccurrence:
         return chosen, unavailable
-    return chosen, unavailable, (list(report.cooccur_splits_used), list(report.cooccur_splits_missing))
+    return chosen, unavailable, (list(report.cooccur_splits_used), list(report.cooccur_splits_missing),
+                                 dict(report.cooc_thresholds))
 
 
 def duplicate_ids(listed: Sequence[str]) -> dict[str, int]:
@@ -649,8 +808,24 @@ def evaluate(
     checkpoint_every_s: float = 60.0,
     channels_last: bool | None = None,
     allow_any_magnitude: bool = False,
+    attacks=None,
+    eps=None,
+    steps: int | None = None,
+    attack_preset: str = "quick",
+    attack_dtype: str | torch.dtype = "fp32",
+    attack_options: dict | None = None,
+    worst_max_rounds: int | None = None,
 ) -> list[store.ResultRecord]:
-    """Evaluate one model clean and under each perturbation, on the full split and every subset.
+    """Evaluate one model clean, under each perturbation and each per-image attack, on the full
+    split and every subset, in one pass.
+
+    ``attacks`` (names, a comma string, ``all``; None: none), ``eps`` (0-255 units or ``4/255``
+    strings; None: the preset's), ``steps`` and ``attack_preset`` (``quick`` / ``full``) go to
+    ``attacks.perimage.build_attacks`` (``attack_options``: its other keyword options); attacks run
+    in ``attack_dtype`` (fp32 by default, bf16 recorded). Each attack result also stores per-image
+    confusion matrices; whenever two or more attack results exist at one eps, ``worst-eps<e>`` (the
+    per-image worst case, :func:`worst_cases`) is written and returned after them. Under
+    ``torchrun`` the images are sharded over the processes (:class:`Shard`); rank 0 writes.
 
     Returns one :class:`~robustbench_seg.evaluation.results.ResultRecord` per input (clean first),
     each also written to ``out`` (see ``results.py`` for the layout). Work whose result is already
@@ -667,10 +842,15 @@ def evaluate(
         raise RbsegError(f"unknown fit mode '{fit}' (use {', '.join(m.value for m in FitMode)})") from None
     if batch_size < 1:
         raise RbsegError(f"batch size must be >= 1, got {batch_size}")
-    dev = resolve_device(device)
+    dev = distributed_device(resolve_device(device))
     torch_dtype = resolve_dtype(dtype, dev)
+    attack_torch_dtype = resolve_dtype(attack_dtype, dev) if attack_dtype not in (None, "auto") else torch.float32
     channels_last = default_channels_last(dev) if channels_last is None else bool(channels_last)
     perts = resolve_perturbations(perturbations, allow_any_magnitude)
+    if attacks is not None and attack_torch_dtype not in DTYPE_NAMES:
+        raise RbsegError(f"unsupported attack dtype {attack_dtype}")
+    specs = resolve_attacks(attacks, eps, steps, attack_preset,
+                            {"dtype": DTYPE_NAMES[attack_torch_dtype], **(attack_options or {})})
     subset_names(subsets)  # validate the names early
     probe_writable(out, "results folder")  # a read-only or full disk fails before any work
     model, model_rec = resolve_model(model_spec, dev, weights, model_name)  # bad input fails before any data work
@@ -694,6 +874,7 @@ def evaluate(
     fingerprint = data_fingerprint(root, split, ids)
     subset_ids, unavailable, cooc = resolve_subsets(root, split, subsets, ids, with_cooccurrence=True)
     subset_hashes = {name: ids_hash(s) for name, s in subset_ids.items()}
+    shard = Shard.from_env(dev)
 
     protocol = {
         "dataset": dataset_name(root), "data_root": str(root), "data_fingerprint": fingerprint, "split": split,
@@ -702,27 +883,286 @@ def evaluate(
         "batch_size": int(batch_size), "channels_last": bool(channels_last), **_versions(), "seed": SEED,
         # the splits the cooc<T> subsets counted co-occurrences over (null: no subset computed)
         "cooccur_splits_used": cooc[0], "cooccur_splits_missing": cooc[1],
+        "cooc_thresholds": cooc[2],  # name -> the threshold used (data.subsets scales them on SynthVOC bench)
         "duplicate_ids": {"count": sum(duplicates.values()), "ids": dict(sorted(duplicates.items()))},
+        "world_size": shard.world,
     }
-    inputs = [(None, {"name": "clean", "sha256": None, "meta": {}, "max_abs": 0.0})] + [
-        (p, {"name": p.name, "sha256": p.sha256, "meta": p.meta, "max_abs": perturbation_max_abs(p),
-             **({"allow_any_magnitude": True} if allow_any_magnitude else {})}) for p in perts
+    inputs: list[tuple[EvalInput, dict]] = [
+        (CleanInput(), {"name": "clean", "kind": "clean", "sha256": None, "meta": {}, "max_abs": 0.0})] + [
+        (PerturbationInput(p.tensor(), fit, clip, name=p.name),
+         {"name": p.name, "kind": "perturbation", "sha256": p.sha256, "meta": p.meta, "max_abs": perturbation_max_abs(p),
+          **({"allow_any_magnitude": True} if allow_any_magnitude else {})}) for p in perts
     ]
+    inputs += attack_inputs(specs, root, progress=progress and shard.is_writer)
     done: dict[str, store.ResultRecord] = {}
     todo = []
-    for pert, pert_rec in inputs:
+    for inp, pert_rec in inputs:
         path = store.result_path(out, model_rec["name"], pert_rec["name"], protocol)
         cached = None if force else store.cached_record(path, store.cache_key(model_rec, pert_rec, protocol), subset_hashes)
+        if cached is not None and inp.keep_per_image and not _per_image_ok(cached, path, ids):
+            cached = None  # an attack result whose statistics file is gone or damaged is recomputed
         if cached is not None:
             done[pert_rec["name"]] = cached
         else:
-            todo.append((pert, pert_rec))
+            todo.append((inp, pert_rec))
     if todo:
-        job = _Job(model, model_rec, root, split, ids, subset_ids, unavailable, protocol, Path(out))
+        job = _Job(model, model_rec, root, split, ids, subset_ids, unavailable, protocol, Path(out), shard)
         for rec in job.run(todo, batch_size=batch_size, device=dev, dtype=torch_dtype, num_workers=num_workers,
-                           progress=progress, force=force, checkpoint_every_s=checkpoint_every_s):
+                           progress=progress and shard.is_writer, force=force, checkpoint_every_s=checkpoint_every_s):
             done[rec.perturbation["name"]] = rec
-    return [done[pert_rec["name"]] for _, pert_rec in inputs]
+    records = [done[pert_rec["name"]] for _, pert_rec in inputs]
+    if shard.is_writer:
+        records += worst_cases(out, model_rec, protocol, ids, subset_ids, unavailable, force=force,
+                               max_rounds=worst_max_rounds)
+    shard.barrier()  # no process starts the next model while rank 0 still writes
+    return records
+
+
+# --- per-image attacks: specs, class weights, worst case -------------------------------------------
+
+WORST_PREFIX = "worst-eps"
+
+
+def resolve_attacks(attacks, eps=None, steps: int | None = None, preset: str = "quick", options: dict | None = None) -> list:
+    """``attacks.perimage.build_attacks`` for ``--attacks`` (names or a comma string; ``all``; None /
+    ``none``: no attack) and ``--eps`` (0-255 units, ``4/255`` accepted; None: the preset's)."""
+    if attacks is None or (isinstance(attacks, str) and attacks.strip() in ("", "none")) or (
+            isinstance(attacks, (list, tuple)) and not attacks):
+        return []
+    from ..attacks.perimage import build_attacks, parse_eps
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if isinstance(attacks, str) else [str(a) for a in attacks]
+    if isinstance(eps, str):
+        eps_values = parse_eps(eps)
+    elif eps is None:
+        eps_values = None
+    else:
+        eps_values = [v for e in eps for v in (parse_eps(e) if isinstance(e, str) else [float(e)])]
+    try:
+        specs = build_attacks(names, eps_values, steps=steps, preset=preset, **(options or {}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RbsegError(f"--attacks {','.join(names)}: {_one_line(exc)}") from None
+    keys = [s.key() for s in specs]
+    if len(set(keys)) != len(keys):
+        raise RbsegError(f"two attacks share a key ({', '.join(k for k in keys if keys.count(k) > 1)})")
+    for key in keys:
+        if key == "clean" or key.startswith(WORST_PREFIX):
+            raise RbsegError(f"an attack may not be named '{key}' (a reserved result name)")
+    return specs
+
+
+def needs_class_weights(spec) -> bool:
+    """SEA's balanced masked cross-entropy weights pixels by inverse class frequency."""
+    loss = str((getattr(spec, "params", None) or {}).get("loss", "")).lower().replace("_", "-")
+    return "bmce" in spec.name.lower() or loss in ("bmce", "balanced-masked-ce", "balanced-mce")
+
+
+CLASS_WEIGHT_SPLITS = ("train", "train_aug")
+
+
+def class_weights(root: Path, splits: Sequence[str] = CLASS_WEIGHT_SPLITS, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """(21 weights, record): ``attacks.losses.balanced_class_weights`` (inverse per-class pixel
+    frequency) of the first of ``splits`` the tree has (the training split; recorded). The pixel counts
+    are counted once per split content (its data fingerprint) and cached in ``cache_dir()``."""
+    split = next((s for s in splits if voc.split_file(root, s).is_file()), None)
+    if split is None:
+        raise DataError(f"balanced masked CE (sea-bmce) needs a training split ({' or '.join(splits)}) for the class "
+                        "frequencies; none is listed", voc.split_file(root, splits[0]))
+    ids = list(dict.fromkeys(voc.read_split(root, split)))
+    fingerprint = data_fingerprint(root, split, ids)
+    memo = cache_dir() / "class-pixels" / f"{fingerprint}.json"
+    counts = None
+    try:
+        counts = np.asarray(json.loads(memo.read_text())["counts"], dtype=np.int64)
+        if counts.shape != (NUM_CLASSES,):
+            counts = None
+    except (OSError, ValueError, KeyError, TypeError):
+        counts = None
+    if counts is None:
+        counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+        for image_id in ids:
+            mask = voc.read_mask(voc.mask_path(root, image_id, split)).astype(np.int64).ravel()
+            counts += np.bincount(mask[mask != 255], minlength=NUM_CLASSES)[:NUM_CLASSES]
+        atomic_write_json(memo, {"counts": counts.tolist(), "split": split, "root": str(root)})
+    if not (counts > 0).any():
+        raise DataError(f"split '{split}' has no labelled pixel", voc.split_file(root, split))
+    from ..attacks.losses import balanced_class_weights
+
+    weights = balanced_class_weights(counts, NUM_CLASSES).numpy().astype(np.float32)
+    record = {"split": split, "n_images": len(ids), "data_fingerprint": fingerprint,
+              "rule": "attacks.losses.balanced_class_weights of the split's per-class pixel counts",
+              "pixel_counts_sha256": hashlib.sha256(counts.astype("<i8").tobytes()).hexdigest(),
+              "sha256": hashlib.sha256(weights.astype("<f4").tobytes()).hexdigest()}
+    return weights, record
+
+
+def attack_record(spec, weights_record: dict | None = None) -> dict:
+    """The result's ``perturbation`` object for an attack: name (its key), kind, every parameter
+    (``params``: step size, loss, restarts, seed, schedule, ...), the implementation version, the
+    attack's dtype and seed; its sha256 (of all that) is the cache key."""
+    params = dict(spec.params)
+    attack = {"name": spec.name, "key": spec.key(), "eps": float(spec.eps), "steps": int(spec.steps),
+              "params": params, "version": str(spec.version), "dtype": str(params.get("dtype", "float32")),
+              "seed": int(params.get("seed", 0))}
+    if weights_record is not None:
+        attack["class_weights"] = weights_record
+    attack = json.loads(json.dumps(attack, sort_keys=True, default=str))
+    sha = hashlib.sha256(json.dumps(attack, sort_keys=True).encode()).hexdigest()
+    return {"name": spec.key(), "kind": "attack", "sha256": sha, "meta": {}, "max_abs": float(spec.eps), "attack": attack}
+
+
+def attack_inputs(specs, root: Path, progress: bool = False) -> list[tuple[EvalInput, dict]]:
+    weights = None
+    out = []
+    for spec in specs:
+        cw, cw_rec = None, None
+        if needs_class_weights(spec):
+            weights = weights or class_weights(root, progress=progress)
+            cw, cw_rec = weights
+        rec = attack_record(spec, cw_rec)
+        out.append((AttackInput(spec, rec["name"], cw), rec))
+    return out
+
+
+def _per_image_ok(record: store.ResultRecord, path: Path, ids: Sequence[str]) -> bool:
+    try:
+        array = store.load_per_image(record, path)
+    except RbsegError:
+        return False
+    return array.shape == (len(ids), NUM_CLASSES, NUM_CLASSES) and record.per_image.get("ids_sha256") == store.ordered_ids_sha256(ids)
+
+
+def eps_text(eps: float) -> str:
+    return f"{float(eps):g}"
+
+
+def worst_case(cms: np.ndarray, max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray, int, float | None]:
+    """Worst case over A attacks from per-image confusion matrices (A, N, C, C).
+
+    Returns (chosen attack per image for mIoU: ``evaluation.worstcase.greedy_worst_case``, SEA's
+    greedy; chosen attack per image for pixel accuracy: the fewest correct pixels, exact; the greedy's
+    rounds; the greedy's own mIoU)."""
+    from .worstcase import greedy_worst_case, stats_from_confusion, worst_case_pixel_acc
+
+    stats = stats_from_confusion(torch.from_numpy(cms))  # (A, N, C, 3): intersection, union, gt area
+    kwargs = {} if max_rounds is None else {"max_rounds": int(max_rounds)}
+    wc = greedy_worst_case(stats, **kwargs)
+    pix = np.asarray(worst_case_pixel_acc(stats).choice, dtype=np.int64)
+    return np.asarray(wc.choice, dtype=np.int64), pix, int(wc.rounds), float(wc.miou)
+
+
+def worst_cases(out, model_rec: dict, protocol: dict, ids: Sequence[str], subset_ids: dict[str, list[str]],
+                unavailable: dict[str, str], force: bool = False, max_rounds: int | None = None) -> list[store.ResultRecord]:
+    """``worst-eps<e>`` for every eps at which two or more attack results of this model and protocol
+    are stored (this run's and earlier ones: adding an attack later recomputes the worst case from the
+    stored per-image statistics, without re-running the others), on the full split and every subset
+    (the greedy restricted to the subset's images). Reused when its members are unchanged."""
+    folder = store.result_path(out, model_rec["name"], "clean", protocol).parent
+    if not folder.is_dir():
+        return []
+    subset_hashes = {name: ids_hash(s) for name, s in subset_ids.items()}
+    members: dict[float, list[tuple[store.ResultRecord, Path]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = store.read_result(path)
+        except RbsegError:
+            continue
+        pert = rec.perturbation
+        if pert.get("kind") != "attack" or rec.model.get("sha256") != model_rec.get("sha256"):
+            continue
+        if {k: rec.protocol.get(k) for k in store.KEY_PROTOCOL_FIELDS} != {k: protocol.get(k) for k in store.KEY_PROTOCOL_FIELDS}:
+            continue
+        if not _per_image_ok(rec, path, ids):
+            continue
+        members.setdefault(float(pert["attack"]["eps"]), []).append((rec, path))
+    index_of = {image_id: k for k, image_id in enumerate(ids)}
+    records = []
+    for eps, group in sorted(members.items()):
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda g: g[0].perturbation["name"])
+        names = [g[0].perturbation["name"] for g in group]
+        shas = [g[0].perturbation["sha256"] for g in group]
+        pert_rec = {"name": f"{WORST_PREFIX}{eps_text(eps)}", "kind": "worst",
+                    "sha256": hashlib.sha256(json.dumps({"members": sorted(shas), "max_rounds": max_rounds}).encode()).hexdigest(),
+                    "meta": {}, "max_abs": eps,
+                    "worst": {"eps": eps, "attacks": [{"name": n, "sha256": s} for n, s in zip(names, shas)],
+                              "max_rounds": max_rounds,
+                              "rule": "mIoU: SEA's greedy per-image selection (evaluation.worstcase); pixel accuracy: per image, "
+                                      "the attack with the fewest correct pixels"}}
+        path = store.result_path(out, model_rec["name"], pert_rec["name"], protocol)
+        cached = None if force else store.cached_record(path, store.cache_key(model_rec, pert_rec, protocol), subset_hashes)
+        if cached is not None:
+            records.append(cached)
+            continue
+        cms = np.stack([store.load_per_image(rec, p) for rec, p in group])  # (A, N, C, C)
+        subsets = {}
+        for name, sub in subset_ids.items():
+            cols = np.array([index_of[i] for i in sub], dtype=np.int64)
+            part = cms[:, cols]
+            chosen, pix, rounds, greedy_miou = worst_case(part, max_rounds)
+            rows = np.arange(len(cols))
+            metrics = metrics_from_confusion(torch.from_numpy(part[chosen, rows].sum(0))).to_dict()
+            metrics["pixel_acc"] = metrics_from_confusion(torch.from_numpy(part[pix, rows].sum(0))).to_dict()["pixel_acc"]
+            subsets[name] = {"n_images": len(sub), "ids_hash": ids_hash(sub), "metrics": metrics,
+                             "worst": {"rounds": rounds, "greedy_miou": greedy_miou,
+                                       "chosen": {n: int((chosen == a).sum()) for a, n in enumerate(names)}}}
+        rec = store.ResultRecord(model=model_rec, perturbation=pert_rec, protocol=protocol, subsets=subsets,
+                                 unavailable_subsets=dict(unavailable), created=store.now_utc())
+        store.write_result(rec, out)
+        records.append(rec)
+    return records
+
+
+# --- torchrun: exact sharding of the batches -----------------------------------------------------
+
+@dataclass
+class Shard:
+    """This process's place in a ``torchrun`` job (WORLD_SIZE / RANK); one process: rank 0 of 1.
+
+    The plan's batches are dealt round robin (``batches[rank::world]``): every image is evaluated by
+    exactly one process, in the same batch as with one process (so the same predictions and random
+    starts); confusion matrices and per-image statistics are summed with ``all_reduce``; rank 0 writes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Shard:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return cls()
+        dist = torch.distributed
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            import atexit
+
+            atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def batches(self, batches: list[list[int]]) -> list[list[int]]:
+        return batches[self.rank::self.world]
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def distributed_device(dev: torch.device) -> torch.device:
+    """Under torchrun with CUDA: this process's GPU (LOCAL_RANK)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    return dev
 
 
 @dataclass
@@ -738,6 +1178,7 @@ class _Job:
     unavailable: dict[str, str]
     protocol: dict
     out: Path
+    shard: Shard = field(default_factory=Shard)
 
     def membership(self) -> torch.Tensor:
         index_of = {image_id: k for k, image_id in enumerate(self.ids)}
@@ -747,12 +1188,13 @@ class _Job:
         return member
 
     def plan_hash(self, todo, batches) -> str:
-        """Identifies a pass: what it computes and in which batch order (a partial file is only
-        resumed by the same plan)."""
+        """Identifies a pass: what it computes, in which batch order, and this process's share (a
+        partial file is only resumed by the same plan, rank and world size)."""
         plan = {
             "keys": [store.cache_key(self.model_rec, rec, self.protocol) for _, rec in todo],
             "subsets": {name: ids_hash(s) for name, s in self.subset_ids.items()},
             "ids": ids_hash(self.ids), "batches": batches,
+            **({"rank": self.shard.rank, "world": self.shard.world} if self.shard.world > 1 else {}),
         }
         return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -764,44 +1206,64 @@ class _Job:
         folder = store.result_path(self.out, self.model_rec["name"], "clean", self.protocol).parent
         partial = folder / f".partial-{plan}.pt"
         shape = (len(todo), len(names), NUM_CLASSES, NUM_CLASSES)
-        state = None if force else _load_partial(partial, plan, shape)
+        keep = [k for k, (inp, _) in enumerate(todo) if inp.keep_per_image]
+        state = None if force else _load_partial(partial, plan, shape, (len(keep), len(self.ids)) if keep else None)
 
         def save_partial(s: PassState) -> None:
-            atomic_torch_save(partial, {"plan": plan, "cms": s.cms, "batches_done": s.batches_done})
+            atomic_torch_save(partial, {"plan": plan, "cms": s.cms, "batches_done": s.batches_done,
+                                        "per_image": s.per_image})
 
         torch.manual_seed(SEED)
+        mine = self.shard.batches(batches)
         state = run_pass(
-            self.model, self.root, self.split, self.ids, [None if p is None else p.tensor() for p, _ in todo],
+            self.model, self.root, self.split, self.ids, [inp for inp, _ in todo],
             self.membership(), fit=self.protocol["fit"], clip=self.protocol["clip"], batch_size=batch_size,
             device=device, dtype=dtype, num_workers=default_num_workers(device) if num_workers is None else num_workers,
-            channels_last=self.protocol["channels_last"], batches=batches, state=state, checkpoint=save_partial,
+            channels_last=self.protocol["channels_last"], batches=mine, state=state, checkpoint=save_partial,
             checkpoint_every_s=checkpoint_every_s, progress=progress,
-            description=f"{self.model_rec['name']}: {len(todo)} input(s) x {len(self.ids)} images",
+            description=f"{self.model_rec['name']}: {len(todo)} input(s) x {len(self.ids)} images"
+                        + (f" (rank {self.shard.rank} of {self.shard.world})" if self.shard.world > 1 else ""),
             model_label=str(self.model_rec.get("spec") or self.model_rec["name"]),
             input_names=[rec["name"] for _, rec in todo],
         )
+        cms, per_image = state.cms, state.per_image
+        if self.shard.world > 1:  # every image was evaluated by exactly one process: the sums are exact
+            comm = device if device.type == "cuda" else torch.device("cpu")
+            cms = self.shard.sum_(cms.to(comm)).cpu()
+            if per_image is not None:
+                per_image = self.shard.sum_(per_image.to(comm)).cpu()
         records, created = [], store.now_utc()
         for p, (_, pert_rec) in enumerate(todo):
             subsets = {
                 name: {"n_images": len(self.subset_ids[name]), "ids_hash": ids_hash(self.subset_ids[name]),
-                       "metrics": metrics_from_confusion(state.cms[p, s]).to_dict()}
+                       "metrics": metrics_from_confusion(cms[p, s]).to_dict()}
                 for s, name in enumerate(names)
             }
             rec = store.ResultRecord(model=self.model_rec, perturbation=pert_rec, protocol=self.protocol,
                                      subsets=subsets, unavailable_subsets=dict(self.unavailable), created=created)
-            store.write_result(rec, self.out)
+            if self.shard.is_writer:
+                stats = per_image[keep.index(p)].numpy() if p in keep else None
+                store.write_result(rec, self.out, per_image=stats, ids=self.ids if stats is not None else None)
             records.append(rec)
         partial.unlink(missing_ok=True)
         return records
 
 
-def _load_partial(path: Path, plan: str, shape: tuple[int, ...]) -> PassState | None:
+def _load_partial(path: Path, plan: str, shape: tuple[int, ...], per_image_shape: tuple[int, int] | None = None) -> PassState | None:
     if not path.is_file():
         return None
     try:
         saved = safe_torch_load(path)
-        if saved.get("plan") == plan and tuple(saved["cms"].shape) == shape:
-            return PassState(saved["cms"].long(), int(saved["batches_done"]))
+        if saved.get("plan") != plan or tuple(saved["cms"].shape) != shape:
+            return None
+        per_image = saved.get("per_image")
+        if per_image_shape is not None:
+            if not isinstance(per_image, torch.Tensor) or tuple(per_image.shape) != (*per_image_shape, NUM_CLASSES, NUM_CLASSES):
+                return None
+            per_image = per_image.int()
+        else:
+            per_image = None
+        return PassState(saved["cms"].long(), int(saved["batches_done"]), per_image)
     except (RbsegError, AttributeError, KeyError, TypeError, ValueError):
         pass
     return None  # absent, foreign or damaged: start the pass over

@@ -7,6 +7,7 @@ into mIoU and friends. Everything else in the suite calls these two functions.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -101,6 +102,22 @@ def metrics_from_confusion(cm: torch.Tensor | np.ndarray) -> SegMetrics:
         classes_counted=counted,
         pixels=int(total),
     )
+
+
+def miou_from_inter_union(inter, union) -> np.ndarray:
+    """mIoU (percent) from per-class intersections and unions ``(..., C)``, batched over leading
+    dimensions (the per-attack worst-case search evaluates many candidate totals at once): the same
+    rule as :func:`metrics_from_confusion` (mean over classes whose union is non-zero, nan when none)."""
+    inter = inter.detach().cpu().numpy() if isinstance(inter, torch.Tensor) else np.asarray(inter)
+    union = union.detach().cpu().numpy() if isinstance(union, torch.Tensor) else np.asarray(union)
+    inter, union = inter.astype(np.float64), union.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+    counted = np.sum(union > 0, axis=-1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows: nan, as metrics_from_confusion
+        miou = np.nanmean(iou, axis=-1) * 100
+    return np.where(counted > 0, miou, np.nan)
 
 
 def class_iou(cm: torch.Tensor | np.ndarray, class_index: int) -> float:

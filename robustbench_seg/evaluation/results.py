@@ -4,12 +4,15 @@ One JSON per (model, perturbation, protocol), written atomically under
 
     <out>/<model>/<dataset>/<split>-<fit>-<clip|noclip>-<fp32|bf16>/<perturbation>.json
 
+(``<attack key>.json`` for a per-image attack, with its per-image statistics beside it as
+``<attack key>.perimage.npy``; ``worst-eps<e>.json`` for the worst case over the attacks at eps e)
 so results of one model on several splits, fit modes or dtypes sit side by side. A result is
 reused when its cache key matches (:func:`cache_key`: model and perturbation sha256, dataset
 fingerprint, split, fit, clip, dtype) and it holds every requested subset with the same ids hash.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,8 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import RbsegError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_save_npy, atomic_write_json, load_npy, read_json, sha256_file
 
 SCHEMA = "rbseg-result/1"
 EXPECTED_SCHEMA = "rbseg-expected/1"
@@ -37,13 +42,18 @@ class ResultRecord:
     unavailable_subsets: dict[str, str] = field(default_factory=dict)
     created: str = ""
     schema: str = SCHEMA
+    # attack results: the per-image statistics file beside the JSON (see write_result); None otherwise
+    per_image: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema": self.schema, "model": self.model, "perturbation": self.perturbation,
             "protocol": self.protocol, "subsets": self.subsets,
             "unavailable_subsets": self.unavailable_subsets, "created": self.created,
         }
+        if self.per_image is not None:
+            d["per_image"] = self.per_image
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, source: str | Path | None = None) -> ResultRecord:
@@ -51,6 +61,7 @@ class ResultRecord:
         return cls(
             model=d["model"], perturbation=d["perturbation"], protocol=d["protocol"], subsets=d["subsets"],
             unavailable_subsets=d.get("unavailable_subsets", {}), created=d.get("created", ""), schema=d["schema"],
+            per_image=d.get("per_image") if isinstance(d.get("per_image"), dict) else None,
         )
 
     def miou(self, subset: str = "all") -> float | None:
@@ -119,9 +130,53 @@ def record_path(out: str | Path, record: ResultRecord) -> Path:
 
 # --- read / write --------------------------------------------------------------------------------
 
-def write_result(record: ResultRecord, out: str | Path) -> Path:
+def write_result(record: ResultRecord, out: str | Path, per_image: np.ndarray | None = None,
+                 ids: list[str] | None = None) -> Path:
+    """Write ``record`` (atomically). ``per_image``: the (N, C, C) per-image confusion matrices of an
+    attack result (rows: ground truth, columns: prediction, images in the order of ``ids``), written
+    first beside the JSON as ``<name>.perimage.npy``; the JSON records its file name, sha256, shape
+    and the sha256 of the ordered ids (:func:`ordered_ids_sha256`)."""
+    path = record_path(out, record)
+    if per_image is not None:
+        array = np.ascontiguousarray(per_image, dtype=np.int32)
+        if ids is None or array.ndim != 3 or array.shape[0] != len(ids):
+            raise ValueError("per_image must be (N, C, C) with the N ids it belongs to")
+        npy = atomic_save_npy(path.with_name(path.stem + PER_IMAGE_SUFFIX), array)
+        record.per_image = {"file": npy.name, "sha256": sha256_file(npy), "shape": list(array.shape), "dtype": "int32",
+                            "layout": PER_IMAGE_LAYOUT, "ids_sha256": ordered_ids_sha256(ids)}
     validate_record(record.to_dict())
-    return atomic_write_json(record_path(out, record), record.to_dict())
+    return atomic_write_json(path, record.to_dict())
+
+
+PER_IMAGE_SUFFIX = ".perimage.npy"
+PER_IMAGE_LAYOUT = "per-image confusion matrices (images in split order, ground truth x prediction)"
+
+
+def ordered_ids_sha256(ids) -> str:
+    """sha256 of the id list in its order (the row order of a per-image statistics file)."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def load_per_image(record: ResultRecord | dict[str, Any], path: str | Path | None = None) -> np.ndarray:
+    """The per-image confusion matrices (N, C, C) of an attack result, loaded without pickle and
+    checked against the sha256 and shape its JSON records. ``path``: the result JSON (default: the
+    record's ``_path``)."""
+    d = record.to_dict() if isinstance(record, ResultRecord) else record
+    info = d.get("per_image")
+    if path is None and not d.get("_path"):
+        raise RbsegError("the result's JSON path is needed to find its per-image statistics file")
+    where = Path(path or d["_path"])
+    if not isinstance(info, dict) or not info.get("file"):
+        raise RbsegError("result has no per-image statistics (per_image.file)", where)
+    npy = where.with_name(Path(str(info["file"])).name)  # beside the JSON, never elsewhere
+    if not npy.is_file():
+        raise RbsegError("per-image statistics file not found", npy)
+    if info.get("sha256") and sha256_file(npy) != info["sha256"]:
+        raise RbsegError("per-image statistics file differs from the sha256 its result records", npy)
+    array = load_npy(npy)
+    if list(array.shape) != list(info.get("shape", array.shape)) or array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise RbsegError(f"per-image statistics of shape {array.shape} / {array.dtype}, expected {info.get('shape')} integers", npy)
+    return array.astype(np.int64)
 
 
 def read_result(path: str | Path) -> ResultRecord:
@@ -248,6 +303,33 @@ def read_expected(path: str | Path) -> list[dict[str, Any]]:
     return data["entries"]
 
 
+def per_image_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check rows (entry dicts, subset ``all``) for attack results whose per-image statistics are
+    missing, damaged, or do not add up to the recorded full-split mIoU (0.01 points)."""
+    import torch
+
+    from .metric import metrics_from_confusion
+
+    bad = []
+    for r in records:
+        if not isinstance(r.get("per_image"), dict):
+            continue
+        row = next((x for x in subset_rows([r]) if x["subset"] == "all"), None)
+        if row is None:
+            continue
+        try:
+            cms = load_per_image(r)
+            miou = metrics_from_confusion(torch.from_numpy(cms.sum(0))).miou
+            recorded = _finite(r["subsets"]["all"]["metrics"].get("miou"))
+            ok = (miou is None or math.isnan(miou)) if recorded is None else (
+                miou is not None and abs(miou - recorded) <= 0.01)
+        except RbsegError:
+            ok = False
+        if not ok:
+            bad.append({k: v for k, v in row.items() if k != "created"})
+    return bad
+
+
 # what each status of the check means; FAILING ones make ``rbseg check`` exit 1
 STATUSES = {
     "ok": "within the tolerance",
@@ -259,8 +341,10 @@ STATUSES = {
     "not evaluated": "no result for this model, dataset, split, fit, clip and perturbation (not a failure "
                      "unless require_all)",
     "new": "recorded but not expected (not a failure)",
+    "per-image mismatch": "an attack result whose per-image statistics file is missing, damaged (sha256) or does "
+                          "not sum to the recorded full-split mIoU",
 }
-FAILING = ("regressed", "missing", "different model", "different perturbation")
+FAILING = ("regressed", "missing", "different model", "different perturbation", "per-image mismatch")
 RECORD_KEY = ENTRY_KEY[:-1]  # an expected entry without its subset: one result file
 
 
@@ -325,10 +409,11 @@ def check_results(results_dir: str | Path, expected: str | Path, tolerance: floa
     wanted = read_expected(expected)
     by_key: dict[tuple, list[dict[str, Any]]] = {}
     evaluated: set[tuple] = set()
-    for row in subset_rows(load_results(results_dir)):
+    records = load_results(results_dir)
+    for row in subset_rows(records):
         by_key.setdefault(_entry_key(row), []).append(row)
         evaluated.add(tuple(row[f] for f in RECORD_KEY))
-    rows: list[CheckRow] = []
+    rows: list[CheckRow] = [CheckRow(entry, None, None, "per-image mismatch") for entry in per_image_problems(records)]
     seen = set()
     for e in wanted:
         k = _entry_key(e)

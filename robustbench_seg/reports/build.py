@@ -134,6 +134,8 @@ def build_report(
 
     fig_dir = out / "figures"
     figures = [figs.figure4(index, fig_dir), figs.robustness_chart(index, fig_dir)]
+    if index.has_attacks():  # per-image attack results: the mIoU-vs-eps curves (full split, subsets)
+        figures += [figs.attack_eps(index, fig_dir), figs.attack_eps_subsets(index, fig_dir)]
     summary_models: dict[str, dict] = {}
     root = None
     if qualitative:

@@ -162,6 +162,109 @@ def robustness_chart(index: ResultIndex, out_dir: str | Path, split: str = "val"
     return result
 
 
+def _eps_series(index: ResultIndex, model: str, subset: str, split: str) -> tuple[list[float], list[float], list[str]]:
+    """(eps values incl. 0 = clean, mIoU at each, how each point was obtained) for one model: the
+    worst case where it was computed, else the lowest single attack at that eps."""
+    found = index.attack_inputs(split)
+    eps_values = sorted({e for _, _, e in found})
+    xs, ys, how = [0.0], [], []
+    clean = index.miou(model, "clean", split, subset)
+    ys.append(clean.value if clean.ok else math.nan)
+    how.append("clean")
+    for eps in eps_values:
+        worst = [n for n, a, e in found if a == "worst" and e == eps]
+        cells = [index.miou(model, n, split, subset) for n in worst]
+        cells = [c for c in cells if c.ok]
+        if cells:
+            ys.append(min(c.value for c in cells))
+            how.append("worst case")
+        else:
+            singles = [index.miou(model, n, split, subset) for n, a, e in found if a != "worst" and e == eps]
+            singles = [c for c in singles if c.ok]
+            ys.append(min((c.value for c in singles), default=math.nan))
+            how.append("strongest single attack" if singles else "missing")
+        xs.append(eps)
+    return xs, ys, how
+
+
+def _attacked_models(index: ResultIndex, split: str) -> list[str]:
+    from .tables import _model_order
+
+    names = {n for n, _, _ in index.attack_inputs(split)}
+    return _model_order({k[0] for k in index.records if k[2] == split and k[1] in names})
+
+
+def attack_eps(index: ResultIndex, out_dir: str | Path, split: str | None = None) -> FigureResult:
+    """mIoU vs eps (0 = clean), one line per method: the per-image worst case over the attacks."""
+    result = FigureResult("attack_eps", spec.FIGURE_TITLES["attack_eps"], caption=(
+        "x: l-inf budget eps in 0-255 pixel units (0 = clean); y: full-split mIoU under the per-image worst case over "
+        "every attack run at that eps (where only one attack ran: that attack)."))
+    split = split or index.attack_split() or "val"
+    models = _attacked_models(index, split)
+    if not models:
+        result.skipped = "no per-image attack results"
+        return result
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for model in models:
+        xs, ys, how = _eps_series(index, model, "all", split)
+        result.data[model] = ys
+        result.data.setdefault("_eps", xs)
+        ax.plot(xs, ys, marker="o", linewidth=1.8, label=_label(model))
+    result.legend = [_label(m) for m in models]
+    ax.set_xlabel("eps (0-255 pixel units)")
+    ax.set_ylabel("mIoU (%)")
+    top = max((v for m in models for v in result.data[m] if not math.isnan(v)), default=1.0)
+    result.ylim = (0.0, float(min(100.0, max(1.0, top * 1.1))))
+    ax.set_ylim(*result.ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("mIoU vs attack budget", fontsize=10)
+    result.files = save_figure(fig, out_dir, "attack_eps")
+    return result
+
+
+def attack_eps_subsets(index: ResultIndex, out_dir: str | Path, split: str | None = None) -> FigureResult:
+    """The same curves on each of Table 2's subsets (one panel per subset, one line per method)."""
+    result = FigureResult("attack_eps_subsets", spec.FIGURE_TITLES["attack_eps_subsets"], caption=(
+        "One panel per subset (n = images): mIoU vs eps under the per-image worst case restricted to the subset's "
+        "images, one line per method; compare a panel with 'full split' to see which scenes are more fragile."))
+    split = split or index.attack_split() or "val"
+    models = _attacked_models(index, split)
+    if not models:
+        result.skipped = "no per-image attack results"
+        return result
+    subsets = []
+    for subset in spec.ATTACK_SUBSETS:
+        if any(index.miou(m, "clean", split, subset).ok for m in models):
+            subsets.append(subset)
+    if not subsets:
+        result.skipped = "no subset results"
+        return result
+    cols = min(5, len(subsets))
+    rows = math.ceil(len(subsets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.1 * rows + 0.4), squeeze=False, sharey=True)
+    for k, subset in enumerate(subsets):
+        ax = axes[k // cols][k % cols]
+        n = index.n_images(subset, split, models)[0]
+        for j, model in enumerate(models):
+            xs, ys, _ = _eps_series(index, model, subset, split)
+            result.data[f"{model}/{subset}"] = ys
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=f"C{j}", label=_label(model))
+        name = "full split" if subset == "all" else spec.TABLE2_COLUMNS.get(subset, ("", subset))[1]
+        ax.set_title(f"{name} (n={'?' if n is None else n})", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for k in range(len(subsets), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    axes[0][0].set_ylabel("mIoU (%)", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(models), 5), fontsize=7, frameon=False)
+    result.legend = labels
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    result.files = save_figure(fig, out_dir, "attack_eps_subsets")
+    return result
+
+
 # --- image selection (deterministic) --------------------------------------------------------------
 
 def complex_scene_ids(root: Path, split: str, k: int) -> list[str]:

@@ -103,8 +103,39 @@ class ResultIndex:
 
     @property
     def perturbations(self) -> list[str]:
-        """Every evaluated perturbation (not ``clean``), by name."""
-        return sorted({k[1] for k in self.records if k[1] != "clean"})
+        """Every evaluated universal perturbation (not ``clean``, no per-image attack or worst case), by name."""
+        return sorted({k[1] for k, r in self.records.items() if k[1] != "clean" and input_kind(r) == "perturbation"})
+
+    def attack_inputs(self, split: str = "val") -> list[tuple[str, str, float]]:
+        """(result name, attack name, eps) of every per-image attack result on ``split``, and
+        (name, "worst", eps) of every worst case: attacks by name then eps, the worst cases last."""
+        found: dict[str, tuple[str, str, float]] = {}
+        for (model, name, s), rec in self.records.items():
+            if s != split:
+                continue
+            kind = input_kind(rec)
+            pert = rec.get("perturbation") or {}
+            if kind == "attack":
+                attack = pert.get("attack") or {}
+                found[name] = (name, str(attack.get("name", name)), float(attack.get("eps", pert.get("max_abs") or 0)))
+            elif kind == "worst":
+                found[name] = (name, "worst", float((pert.get("worst") or {}).get("eps", pert.get("max_abs") or 0)))
+        try:  # the attacks' registry order (pgd, segpgd, cospgd, sea-*), then others by name
+            from ..attacks.perimage import ATTACKS
+            rank = {name: k for k, name in enumerate(ATTACKS)}
+        except ImportError:
+            rank = {}
+        return sorted(found.values(), key=lambda t: (t[1] == "worst", rank.get(t[1], len(rank)), t[1], t[2], t[0]))
+
+    def has_attacks(self) -> bool:
+        return self.attack_split() is not None
+
+    def attack_split(self) -> str | None:
+        """The split the attack tables and curves show: val when it has per-image attack results,
+        else the first split that has them; None without any."""
+        splits = sorted({k[2] for k, r in self.records.items() if input_kind(r) in ("attack", "worst")},
+                        key=lambda s: (s != "val", s))
+        return splits[0] if splits else None
 
     def perturbation_meta(self, name: str) -> dict:
         """The recorded ``perturbation.meta`` of ``name`` (from its newest record; {} if none)."""
@@ -192,6 +223,15 @@ class ResultIndex:
         if why:
             return None, Missing(f"subset '{subset}' on {split}", f"unavailable ({why})")
         return None, Missing(_what(model, perturbation, split), "subsets not evaluated:", subset)
+
+
+def input_kind(rec: dict) -> str:
+    """``clean``, ``perturbation`` (universal; results written before attacks existed have no kind),
+    ``attack`` (per-image) or ``worst`` (the worst case over attacks)."""
+    pert = rec.get("perturbation") or {}
+    if pert.get("name") == "clean":
+        return "clean"
+    return str(pert.get("kind") or "perturbation")
 
 
 def _what(model: str, perturbation: str, split: str) -> str:

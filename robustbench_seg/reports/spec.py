@@ -150,7 +150,13 @@ TITLES: dict[str, str] = {
     "extra_all": "Extra table A: every evaluated model, clean and under each universal perturbation (val)",
     "extra_ooc": "Extra table B: mIoU (%) on the out-of-context split (ooc) beside val",
     "all_inputs": "Extra table C: mIoU (%) of every evaluated model under every evaluated input",
+    "beyond": "Robustness beyond the paper: mIoU (%) clean, under universal perturbations and per-image attacks",
+    "beyond_subsets": "Robustness beyond the paper on the paper's subsets: mIoU (%) clean and under per-image attacks",
 }
+
+# The subsets of the attack-on-subsets table and figure (Table 2's: occlusion, number of objects,
+# number of unique objects), after the full split.
+ATTACK_SUBSETS: tuple[str, ...] = ("all", "occ1", "occall", "obj1", "obj2", "obj3", "obj4", "uniq2", "uniq3", "uniq4")
 
 FIGURE_TITLES: dict[str, str] = {
     "figure2": "Figure 2 (style): confidence maps of the dominant (S_t), phantom (S_p) and binding (S_fb) outputs",
@@ -159,4 +165,6 @@ FIGURE_TITLES: dict[str, str] = {
     "figure5": "Figure 5 (style): qualitative results on out-of-context scenes (ooc split)",
     "figure6": "Figure 6 (style): highly occluded val images",
     "robustness": "Table 4 as a chart: mIoU (%) clean and under each universal perturbation",
+    "attack_eps": "mIoU (%) vs attack budget eps: worst case over the per-image attacks, one line per method",
+    "attack_eps_subsets": "mIoU (%) vs attack budget eps on the paper's subsets (worst case over the per-image attacks)",
 }

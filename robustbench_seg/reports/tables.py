@@ -403,6 +403,82 @@ def all_inputs(index: ResultIndex) -> Table:
     return _finish(Table("all_inputs", spec.TITLES["all_inputs"], ["Split", "Method"], columns, rows, notes=notes), index, keys)
 
 
+def _attack_columns(index: ResultIndex, split: str = "val", worst_only: bool = False) -> list[tuple[str, Column]]:
+    """(result name, column) for every attack result (group: attack name, label: eps) and worst case
+    (group "Worst case"); ``worst_only``: the worst cases when there are any, else every attack."""
+    found = index.attack_inputs(split)
+    if worst_only and any(a == "worst" for _, a, _ in found):
+        found = [f for f in found if f[1] == "worst"]
+    seen: dict[tuple[str, float], int] = {}
+    for _, attack, eps in found:
+        seen[(attack, eps)] = seen.get((attack, eps), 0) + 1
+    out = []
+    for name, attack, eps in found:
+        group = "Worst case" if attack == "worst" else attack
+        label = f"eps {eps:g}" + (f" ({name})" if seen[(attack, eps)] > 1 else "")
+        out.append((name, Column(label, group, flat=f"{group} {label}")))
+    return out
+
+
+def beyond(index: ResultIndex, split: str | None = None) -> Table:
+    """Per method: clean, each universal perturbation, each per-image attack at each eps and the
+    per-image worst case over the attacks at each eps (full split of ``split``, default: the split
+    with attack results, val first)."""
+    split = split or index.attack_split() or "val"
+    attack_cols = _attack_columns(index, split)
+    perts = [("clean", Column("Clean"))] + [(p, Column(p, "Universal")) for p in _shipped(index.perturbations)] + attack_cols
+    attacked = {k[0] for k in index.records if k[2] == split and k[1] in {n for n, _ in attack_cols}}
+    models = _model_order(attacked)
+    rows = [Row(m, [_label(m)], [index.miou(m, p, split) for p, _ in perts]) for m in models]
+    notes = [f"Full {split} split. Universal: the perturbations of Table 4 and any other evaluated one (one perturbation for "
+             "every image); per-image attacks: white-box l-inf attacks on each model itself, eps in 0-255 pixel units "
+             "(steps and every parameter in the result files); Worst case: per image, the attack that hurts most "
+             "(mIoU: SEA's greedy selection over per-image intersections and unions; a lower bound on robustness "
+             "only as good as the attacks run)."]
+    keys = [(m, p, split) for m in models for p, _ in perts]
+    return _finish(Table("beyond", spec.TITLES["beyond"], ["Method"], [c for _, c in perts], rows, notes=notes), index, keys)
+
+
+def beyond_subsets(index: ResultIndex, split: str | None = None) -> Table:
+    """The same on the paper's subsets (Table 2's): rows = method x subset; columns = clean and the
+    worst case at each eps (each attack at each eps when no worst case was computed)."""
+    split = split or index.attack_split() or "val"
+    attack_cols = _attack_columns(index, split, worst_only=True)
+    perts = [("clean", Column("Clean"))] + attack_cols
+    attacked = {k[0] for k in index.records if k[2] == split and k[1] in {n for n, _ in attack_cols}}
+    models = _model_order(attacked)
+    rows = []
+    for m in models:
+        rec = index.get(m, attack_cols[0][0], split) if attack_cols else None
+        recorded = set((rec or {}).get("subsets") or {})
+        for subset in spec.ATTACK_SUBSETS:
+            if subset not in recorded:
+                continue
+            cells = [index.miou(m, p, split, subset) for p, _ in perts]
+            label = "full split" if subset == "all" else spec.TABLE2_COLUMNS.get(subset, ("", subset))[1]
+            n = cells[0].n_images if cells[0].n_images is not None else next((c.n_images for c in cells if c.n_images), None)
+            rows.append(Row(f"{m}/{subset}", [_label(m), f"{label} (n={'?' if n is None else n})"], cells, block=m))
+    notes = ["Are occluded or multi-object scenes more fragile? mIoU on each of Table 2's subsets (1-Occ / All-Occ: "
+             "at least one / every object occluded; k-Obj: exactly k instances; k-Uniq: exactly k foreground classes), "
+             "clean and under the per-image worst case (the greedy restricted to the subset's images). Bold: the "
+             "subset with the highest mIoU of a column within a method's block."]
+    keys = [(m, p, split) for m in models for p, _ in perts]
+    table = Table("beyond_subsets", spec.TITLES["beyond_subsets"], ["Method", "Subset"], [c for _, c in perts], rows,
+                  notes=notes)
+    return _finish(table, index, keys)
+
+
+def _shipped(names) -> list[str]:
+    from ..evaluation.engine import shipped_order
+
+    return shipped_order(names)
+
+
+def attack_tables(index: ResultIndex) -> list[Table]:
+    """The attack tables, only when the results hold per-image attack results."""
+    return [beyond(index), beyond_subsets(index)] if index.has_attacks() else []
+
+
 TABLES: dict[str, Callable[[ResultIndex], Table]] = {
     "table1": table1,
     "table2": table2,
@@ -419,7 +495,7 @@ TABLES: dict[str, Callable[[ResultIndex], Table]] = {
 
 
 def build_tables(index: ResultIndex) -> list[Table]:
-    return [fn(index) for fn in TABLES.values()]
+    return [fn(index) for fn in TABLES.values()] + attack_tables(index)
 
 
 # --- formats ------------------------------------------------------------------------------------

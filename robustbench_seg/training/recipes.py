@@ -93,9 +93,14 @@ def train_recipe(name: str, data_root: str | Path, out: str | Path, preset: str 
     an interrupted run resumes, a finished one is returned as is. A model of :data:`STAGE2_FROM`
     first trains (or finds) its stage-1 model beside it: ``<dir>/<source>.pt`` for a ``.pt`` path,
     the sibling folder ``<out>/../<source>/`` for a folder (the layout ``rbseg reproduce`` uses)."""
+    from .pretrain import needs_backbone
     from .trainer import train
 
     ckpt = checkpoint_path(name, out)
+    if needs_backbone(preset) and overrides.get("weights_backbone") in (None, "none"):
+        raise RbsegError(f"the '{preset}' preset fine-tunes every model from the shared pre-trained backbone: pass "
+                         f"weights_backbone=PATH (training.pretrain.pretrain_backbone writes it; "
+                         f"rbseg reproduce --preset {preset} trains it as step pretrain/backbone)")
     if name in STAGE2_FROM and "stage2_from" not in overrides:
         source = STAGE2_FROM[name]
         source_out = ckpt.with_name(f"{source}.pt") if Path(out).suffix == ".pt" else Path(out).parent / source

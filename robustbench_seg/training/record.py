@@ -79,6 +79,18 @@ def _schedule(epochs: int | None, steps: int | None, prefix: str = "") -> dict:
     return {f"{prefix}steps": steps} if steps is not None else {f"{prefix}epochs": epochs}
 
 
+def weights_backbone_sha256(spec: str | None) -> str | None:
+    """sha256 of a ``weights_backbone`` file (None for none / imagenet / a path that is not a file)."""
+    if spec is None or str(spec).lower() in ("none", "imagenet"):
+        return None
+    from pathlib import Path
+
+    from ..io import sha256_file
+
+    path = Path(spec).expanduser()
+    return sha256_file(path) if path.is_file() else None
+
+
 def recorded_config(cfg: TrainConfig, runtime: Runtime, world_size: int = 1, stage1: dict | None = None) -> dict:
     """The ``training`` record of a run of the resolved ``cfg`` (see the module docstring).
 
@@ -89,6 +101,9 @@ def recorded_config(cfg: TrainConfig, runtime: Runtime, world_size: int = 1, sta
     d = cfg.to_dict()
     for key in COMMON_FIELDS:
         rec[key] = d[key]
+    backbone_sha = weights_backbone_sha256(cfg.weights_backbone)
+    if backbone_sha is not None:  # a backbone file (e.g. the bench preset's shared pre-trained one): which one
+        rec["weights_backbone_sha256"] = backbone_sha
     if cfg.optimizer == "sgd":
         rec["momentum"] = cfg.momentum
     rec["world_size"] = int(world_size)

@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .common import debug_tracebacks, one_line_warnings
+
     try:
-        status = args.func(args)
+        with one_line_warnings(), debug_tracebacks(args):
+            status = args.func(args)
     except RbsegError as exc:
         print(f"rbseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

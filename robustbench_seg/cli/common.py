@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import traceback
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -73,3 +76,37 @@ def comma_separated(text: str, message: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError(message)
     return items
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings of the suite (``UserWarning`` subclasses defined in ``robustbench_seg``: duplicate ids,
+    unfinished checkpoints, missing co-occurrence splits, fp16 export keeping fp32) as one
+    ``rbseg: warning:`` line each on stderr, when they happen. ``main()`` wraps every command in it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning) and (getattr(category, "__module__", "") or "").startswith("robustbench_seg"):
+                print(f"rbseg: warning: {message}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def debug_tracebacks(args: argparse.Namespace):
+    """Under ``rbseg --debug`` the full traceback of the error behind a one-line error (its cause, e.g.
+    a user model's own exception) is printed before that line, once. ``main()`` wraps every command."""
+    from ..errors import RbsegError
+
+    try:
+        yield
+    except RbsegError as exc:
+        if getattr(args, "debug", False) and not getattr(exc, "_rbseg_traceback_shown", False):
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            exc._rbseg_traceback_shown = True
+        raise

@@ -2,24 +2,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-import traceback
-import warnings
 
 from rich import box
 from rich.table import Table
 
 from ..attacks.apply import DEFAULT_FIT, FitMode
-from .common import add_data_arg, add_device_arg, console, finish_command, print_json
+from .common import add_data_arg, add_device_arg, console, debug_tracebacks, finish_command, one_line_warnings, print_json
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate a model clean, under universal perturbations and per-image attacks (mIoU, subsets)",
         description="Evaluate a segmentation model at full resolution, clean, under each universal "
-                    "perturbation and each per-image attack (--attacks; with their per-image worst case), on the "
+                    "perturbation, each per-image attack (--attacks; with their per-image worst case) and each "
+                    "common corruption (--corruptions, --severities), on the "
                     "full split and every paper subset, in one pass over the data (torchrun shards the images). "
                     "Results go to OUT/<model>/<dataset>/<split>-<fit>-<clip>-<dtype>/<input>.json and are "
                     "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC tiny "
@@ -48,6 +46,15 @@ def register(subparsers) -> None:
                         "protocol (GPU) (default: quick)")
     p.add_argument("--attack-dtype", default="fp32", choices=["fp32", "bf16"],
                    help="precision of the attacks' forward and backward passes (default: fp32; recorded)")
+    p.add_argument("--corruptions", default=None, metavar="all|extra|NAME,...",
+                   help="common corruptions (ImageNet-C style; all: the 15 benchmark ones, extra: the 4 validation "
+                        "ones), each at every --severities, computed from the clean image (results "
+                        "corruption-<name>-s<severity>)")
+    p.add_argument("--severities", default=None, metavar="1-5|S,...",
+                   help="corruption severities (default: 1-5)")
+    p.add_argument("--corruption-seed", type=int, default=0, metavar="N",
+                   help="seed of the corruptions' random draws (per image: corruption_seed(id, name, severity, N); "
+                        "default: 0; recorded)")
     p.add_argument("--allow-any-magnitude", action="store_true",
                    help="evaluate a perturbation whose max |v| the loader refuses as implausible (above its xi, or "
                         "without a JSON sidecar above 32 or below 0.5 in 0-255 units); max |v| is recorded anyway")
@@ -85,38 +92,6 @@ def model_specs(values) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-@contextlib.contextmanager
-def one_line_warnings():
-    """Warnings of the suite (``UserWarning`` subclasses: duplicate ids, unfinished checkpoints, missing
-    co-occurrence splits) as one ``rbseg: warning:`` line each on stderr, when they happen."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        previous = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, UserWarning) and (getattr(category, "__module__", "") or "").startswith("robustbench_seg"):
-                print(f"rbseg: warning: {message}", file=sys.stderr)
-            else:
-                previous(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = show
-        yield
-
-
-@contextlib.contextmanager
-def debug_tracebacks(args: argparse.Namespace):
-    """Under ``rbseg --debug`` the full traceback of a model's own error (the cause of the one-line
-    error) is printed before that line."""
-    from ..errors import RbsegError
-
-    try:
-        yield
-    except RbsegError as exc:
-        if getattr(args, "debug", False) and exc.__cause__ is not None:
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import RbsegError
     from ..evaluation.engine import evaluate, subset_names
@@ -128,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise RbsegError(f"--steps must be >= 1, got {args.steps}")
     if args.attacks is None and (args.eps is not None or args.steps is not None):
         raise RbsegError("--eps and --steps apply to per-image attacks: add --attacks NAME,... (or all)")
+    if args.corruptions is None and (args.severities is not None or args.corruption_seed != 0):
+        raise RbsegError("--severities and --corruption-seed apply to corruptions: add --corruptions all|extra|NAME,...")
     import os
 
     writer = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun: rank 0 reports
@@ -145,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json,
                 force=args.force, allow_any_magnitude=args.allow_any_magnitude, attacks=args.attacks, eps=args.eps,
                 steps=args.steps, attack_preset=args.attack_preset, attack_dtype=args.attack_dtype,
+                corruptions=args.corruptions, severities=args.severities, corruption_seed=args.corruption_seed,
             )
             all_records += records
             if not args.json and writer:

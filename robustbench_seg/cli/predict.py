@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         paths = split_images(args.data, args.split or ("test" if args.voc_submission else "val"))
     from ..io import probe_writable
-    from .evaluate import debug_tracebacks, one_line_warnings
+    from .common import debug_tracebacks, one_line_warnings
 
     probe_writable(args.out, "output folder")
     with one_line_warnings(), debug_tracebacks(args):

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import build_report
     from ..reports.build import check_report_out
     from ..reports.inputs import load_result_index
-    from .evaluate import one_line_warnings
+    from .common import one_line_warnings
 
     index = load_result_index(args.results, dataset=args.dataset)  # a missing results folder fails first
     check_report_out(args.out, overwrite=args.overwrite)

@@ -205,6 +205,13 @@ class BatchContext:
     model: torch.nn.Module
     index: torch.Tensor  # positions of the batch's images in the pass's id list (CPU, int64)
     batch_no: int
+    ids: Sequence[str] | None = None  # the pass's id list (``ids[index[k]]`` is image k's id)
+
+    def image_ids(self) -> list[str]:
+        """The ids of the batch's images (their positions when the pass gave no id list)."""
+        if self.ids is None:
+            return [str(int(k)) for k in self.index.tolist()]
+        return [str(self.ids[int(k)]) for k in self.index.tolist()]
 
 
 class EvalInput:
@@ -314,7 +321,39 @@ class AttackInput(EvalInput):
         return adv
 
 
-INPUT_KINDS: dict[str, type[EvalInput]] = {"clean": CleanInput, "perturbation": PerturbationInput, "attack": AttackInput}
+class CorruptionInput(EvalInput):
+    """A common corruption (``robustbench_seg.corruptions``: ImageNet-C style, one name at one
+    severity) applied to the clean decoded batch (never on top of another input). Each image's
+    random draws come from ``corruptions.corruption_seed(image id, name, severity, seed)``, so an
+    image's corrupted version does not depend on its batch neighbours, the process or a resumed run.
+    The output is checked (same shape, finite) and clamped to [0, 255]."""
+
+    kind = "corruption"
+
+    def __init__(self, corruption: str, severity: int, seed: int = 0, name: str | None = None):
+        super().__init__(name or corruption_result_name(corruption, severity, seed))
+        self.corruption, self.severity, self.seed = str(corruption), int(severity), int(seed)
+
+    def seeds(self, image_ids: Sequence[str]) -> list[int]:
+        from ..corruptions import corruption_seed
+
+        return [int(corruption_seed(i, self.corruption, self.severity, self.seed)) for i in image_ids]
+
+    def produce(self, x, target, ctx):
+        from ..corruptions import corrupt
+
+        out = corrupt(x, self.corruption, self.severity, self.seeds(ctx.image_ids()))
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RbsegError(f"corruption '{self.name}' returned {shape} for inputs {tuple(x.shape)}")
+        out = out.to(device=x.device, dtype=x.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise RbsegError(f"corruption '{self.name}' returned non-finite pixels (images {', '.join(ctx.image_ids()[:4])})")
+        return out.clamp(0.0, 255.0)
+
+
+INPUT_KINDS: dict[str, type[EvalInput]] = {"clean": CleanInput, "perturbation": PerturbationInput, "attack": AttackInput,
+                                           "corruption": CorruptionInput}
 
 
 def as_input(item, fit: FitMode | str = DEFAULT_FIT, clip: bool = DEFAULT_CLIP, position: int = 0) -> EvalInput:
@@ -462,7 +501,7 @@ def run_pass(
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = masks.to(device, non_blocking=True)
                 batch_no = state.batches_done + 1
-                ctx = BatchContext(model, index, batch_no)
+                ctx = BatchContext(model, index, batch_no, ids)
                 producing = None
                 try:
                     # every input of this batch (clean, perturbed, attacked) as one stack of P x B
@@ -475,7 +514,17 @@ def run_pass(
                     stack = torch.cat(produced)
                     if channels_last:
                         stack = stack.contiguous(memory_format=torch.channels_last)
-                    logits = [forward_logits(model, chunk, dtype) for chunk in stack.split(forward_batch)]
+                    # each chunk's logits are reduced at once (finite flags, argmax): with many inputs
+                    # (75 corruption x severity pairs) the P x B logits never exist together
+                    finites, preds = [], []
+                    for chunk in stack.split(forward_batch):
+                        t = forward_logits(model, chunk, dtype)
+                        if t.shape[1] != NUM_CLASSES:
+                            raise RbsegError(f"the model returns {t.shape[1]} channels, expected {NUM_CLASSES} (VOC classes)")
+                        finites.append(torch.isfinite(t).flatten(1).all(1))
+                        preds.append(t.argmax(1))
+                        del t
+                    del stack, produced
                 except RbsegError:
                     raise
                 except Exception as exc:  # a user model's own error: one line naming the model and the batch
@@ -485,15 +534,13 @@ def run_pass(
                         + (f", while making input '{producing}'" if producing and producing != "clean" else "")
                         + f"): {_one_line(exc)} (full traceback: rbseg --debug)"
                     ) from exc
-                if logits[0].shape[1] != NUM_CLASSES:
-                    raise RbsegError(f"the model returns {logits[0].shape[1]} channels, expected {NUM_CLASSES} (VOC classes)")
                 # non-finite logits would be scored silently (argmax of NaN is 0): one reduction per
                 # image on the device and one host synchronisation per batch
-                finite = torch.cat([torch.isfinite(t).flatten(1).all(1) for t in logits])
+                finite = torch.cat(finites)
                 if not bool(finite.all()):
                     raise NonFiniteLogits(_non_finite_message(model_label, finite, ids, index, names,
                                                               batch_no, len(batches)))
-                pred = torch.cat([t.argmax(1) for t in logits])
+                pred = torch.cat(preds)
                 per_image = batched_confusion_matrix(pred, target.repeat(n_p, 1, 1), validate=False)
                 # (index came pinned with the batch: no host synchronisation for it on CUDA)
                 counts = torch.einsum("sb,pbk->psk", member[:, index.to(device, non_blocking=True)],
@@ -815,6 +862,9 @@ def evaluate(
     attack_dtype: str | torch.dtype = "fp32",
     attack_options: dict | None = None,
     worst_max_rounds: int | None = None,
+    corruptions=None,
+    severities=None,
+    corruption_seed: int = 0,
 ) -> list[store.ResultRecord]:
     """Evaluate one model clean, under each perturbation and each per-image attack, on the full
     split and every subset, in one pass.
@@ -824,7 +874,10 @@ def evaluate(
     ``attacks.perimage.build_attacks`` (``attack_options``: its other keyword options); attacks run
     in ``attack_dtype`` (fp32 by default, bf16 recorded). Each attack result also stores per-image
     confusion matrices; whenever two or more attack results exist at one eps, ``worst-eps<e>`` (the
-    per-image worst case, :func:`worst_cases`) is written and returned after them. Under
+    per-image worst case, :func:`worst_cases`) is written and returned after them. ``corruptions``
+    (``all`` = the 15 benchmark corruptions, ``extra``, names; None: none) at ``severities`` (``1-5``,
+    ``1,3,5``; None: 1-5) with ``corruption_seed`` add one :class:`CorruptionInput` per (corruption,
+    severity) to the same pass (results ``corruption-<name>-s<severity>``, kind ``corruption``). Under
     ``torchrun`` the images are sharded over the processes (:class:`Shard`); rank 0 writes.
 
     Returns one :class:`~robustbench_seg.evaluation.results.ResultRecord` per input (clean first),
@@ -851,6 +904,7 @@ def evaluate(
         raise RbsegError(f"unsupported attack dtype {attack_dtype}")
     specs = resolve_attacks(attacks, eps, steps, attack_preset,
                             {"dtype": DTYPE_NAMES[attack_torch_dtype], **(attack_options or {})})
+    corruption_pairs = resolve_corruptions(corruptions, severities)
     subset_names(subsets)  # validate the names early
     probe_writable(out, "results folder")  # a read-only or full disk fails before any work
     model, model_rec = resolve_model(model_spec, dev, weights, model_name)  # bad input fails before any data work
@@ -894,6 +948,7 @@ def evaluate(
           **({"allow_any_magnitude": True} if allow_any_magnitude else {})}) for p in perts
     ]
     inputs += attack_inputs(specs, root, progress=progress and shard.is_writer)
+    inputs += corruption_inputs(corruption_pairs, int(corruption_seed))
     done: dict[str, store.ResultRecord] = {}
     todo = []
     for inp, pert_rec in inputs:
@@ -1021,6 +1076,73 @@ def attack_inputs(specs, root: Path, progress: bool = False) -> list[tuple[EvalI
             cw, cw_rec = weights
         rec = attack_record(spec, cw_rec)
         out.append((AttackInput(spec, rec["name"], cw), rec))
+    return out
+
+
+# --- common corruptions (robustbench_seg.corruptions) ----------------------------------------------
+
+CORRUPTION_PREFIX = "corruption-"
+CORRUPTION_SEEDING = "corruptions.corruption_seed(image id, corruption, severity, seed), one seed per image"
+
+
+def corruption_result_name(corruption: str, severity: int, seed: int = 0) -> str:
+    """The result name of a corruption at a severity: ``corruption-<name>-s<severity>`` (and
+    ``-seed<N>`` for a seed other than 0, so results of two seeds sit side by side)."""
+    return f"{CORRUPTION_PREFIX}{corruption}-s{int(severity)}" + (f"-seed{int(seed)}" if int(seed) else "")
+
+
+def resolve_corruptions(corruptions, severities=None) -> list[tuple[str, int]]:
+    """(corruption, severity) pairs for ``--corruptions`` (``all``: the 15 benchmark corruptions,
+    ``extra``: the 4 validation ones, names; a comma string or a list; None / ``none``: none) and
+    ``--severities`` (``1-5``, ``1,3,5`` or ints; None: 1-5), parsed by ``corruptions.parse_*``."""
+    if corruptions is None or (isinstance(corruptions, str) and corruptions.strip() in ("", "none")) or (
+            isinstance(corruptions, (list, tuple)) and not corruptions):
+        if severities is not None:
+            raise RbsegError("--severities applies to corruptions: add --corruptions all|extra|NAME,...")
+        return []
+    from ..corruptions import parse_corruptions, parse_severities
+
+    text = corruptions if isinstance(corruptions, str) else ",".join(str(c) for c in corruptions)
+    try:
+        names = list(dict.fromkeys(parse_corruptions(text)))
+        if severities is None:
+            levels = parse_severities("1-5")
+        elif isinstance(severities, str):
+            levels = parse_severities(severities)
+        elif isinstance(severities, int):
+            levels = parse_severities(str(severities))
+        else:
+            levels = parse_severities(",".join(str(int(v)) for v in severities))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RbsegError(f"--corruptions {text} / --severities {severities}: {_one_line(exc)}") from None
+    levels = sorted(dict.fromkeys(int(v) for v in levels))
+    if not names or not levels:
+        raise RbsegError(f"--corruptions {text} / --severities {severities}: nothing to evaluate")
+    return [(n, s) for n in names for s in levels]
+
+
+def corruption_record(corruption: str, severity: int, seed: int = 0) -> dict:
+    """The result's ``perturbation`` object for a corruption: name, kind ``corruption`` and
+    ``corruption`` = {name, severity, seed, version (``corruptions.VERSION``), impl (torch /
+    reference), seeding rule, source (the clean image)}; its sha256 (of all that) is the cache key."""
+    from ..corruptions import CORRUPTIONS, VERSION
+
+    definition = CORRUPTIONS.get(corruption) if isinstance(CORRUPTIONS, dict) else None
+    if definition is None:
+        raise RbsegError(f"unknown corruption '{corruption}'")
+    info = {"name": str(corruption), "severity": int(severity), "seed": int(seed), "version": str(VERSION),
+            "impl": str(getattr(definition, "impl", "torch")), "seeding": CORRUPTION_SEEDING,
+            "source": "the clean decoded image (never stacked on another input)"}
+    sha = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
+    return {"name": corruption_result_name(corruption, severity, seed), "kind": "corruption", "sha256": sha,
+            "meta": {}, "max_abs": None, "corruption": info}
+
+
+def corruption_inputs(pairs: Sequence[tuple[str, int]], seed: int = 0) -> list[tuple[EvalInput, dict]]:
+    out = []
+    for name, severity in pairs:
+        rec = corruption_record(name, severity, seed)
+        out.append((CorruptionInput(name, severity, seed, name=rec["name"]), rec))
     return out
 
 

@@ -43,7 +43,7 @@ from ..errors import RbsegError  # noqa: E402
 # Command-group modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "data", "score", "zoo", "train", "perturbation", "craft",
-    "evaluate", "report", "check", "predict", "reproduce",
+    "evaluate", "report", "leaderboard", "check", "predict", "reproduce",
 )
 
 

@@ -24,10 +24,12 @@ def register(subparsers) -> None:
                     "benchmark (generated into the cache on first use).",
     )
     p.add_argument("--model", required=True, action="append", metavar="NAME|CKPT|MODULE:FUNCTION",
-                   help="a zoo name (rbseg zoo list), a checkpoint path, or module:function returning an nn.Module; "
+                   help="a zoo name (rbseg zoo list), a checkpoint path, torchvision:NAME[:WEIGHTS], or module:function "
+                        "returning an nn.Module; "
                         "several (a comma list, or --model repeated) are evaluated one after another")
     p.add_argument("--weights", default=None, metavar="PATH",
-                   help="state dict for a module:function model (loaded safely, weights only)")
+                   help="state dict for a module:function model, or the weights file of a torchvision:NAME model "
+                        "(loaded safely, weights only)")
     add_data_arg(p, required=False,
                  help_text="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'ooc' on SynthVOC)")
@@ -134,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
 def show_model(args: argparse.Namespace, records, wanted_subsets: list[str]) -> None:
     console.print(results_table(records))
+    published = (records[0].model or {}).get("published")
+    if published and published.get("miou") is not None:  # e.g. torchvision's figure for its weights
+        console.print(f"[dim]published mIoU {published['miou']} on {published.get('dataset')} "
+                      f"({published.get('source')}), beside ours above[/dim]")
     if args.show_subsets:
         console.print(subsets_table(records, wanted_subsets))
     if args.perturbations == "all" and not any(r.perturbation.get("kind", "perturbation") == "perturbation"

@@ -30,8 +30,9 @@ from PIL import Image, UnidentifiedImageError
 from ..attacks.apply import DEFAULT_CLIP, DEFAULT_FIT, FitMode, apply_perturbation, fit_perturbation
 from ..constants import NUM_CLASSES
 from ..data import voc
-from ..data.transforms import normalize
 from ..errors import DataError, RbsegError
+from ..models.adapters import DEFAULT as DEFAULT_ADAPTER
+from ..models.adapters import adapter_for
 from ..io import atomic_torch_save, atomic_write_json, ids_hash, probe_writable, safe_torch_load, sha256_file
 from ..paths import cache_dir
 from . import results as store
@@ -161,20 +162,18 @@ def batch_loader(dataset: EvalImages, batches: list[list[int]], device: torch.de
 # --- the model call ------------------------------------------------------------------------------
 
 def forward_outputs(model: torch.nn.Module, x255: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
-    """The model's raw outputs for float 0-255 pixels (N, 3, H, W): ``model(normalize(x255))`` under
-    autocast when ``dtype`` is bf16 (None: no autocast context of its own, the caller's applies);
-    a plain tensor output becomes ``{"out": tensor}``."""
-    x = normalize(x255)
+    """The model's outputs for float 0-255 pixels (N, 3, H, W), through its adapter
+    (``models.adapters.adapter_for``: the normalisation the model declares -- ImageNet for rbseg's and
+    torchvision's -- padding, and any output kind turned into a dict whose ``"out"`` is at the input
+    size), under autocast when ``dtype`` is bf16 (None: no autocast context of its own, the caller's applies)."""
+    adapter = adapter_for(model)
+    x = adapter.prepare(x255)
     if dtype is None:
         out = model(x)
     else:
         with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = model(x)
-    out = out if isinstance(out, dict) else {"out": out}
-    logits = out.get("out")
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
-        raise RbsegError("the model must return logits (N, C, H, W) or a dict with 'out' holding them")
-    return out
+    return adapter.outputs(out, x255.shape[-2:])
 
 
 def at_input_size(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -714,6 +713,11 @@ def resolve_model(
     }
     if weights is not None:
         record["weights_sha256"] = sha256_file(weights)
+    if info.get("published"):  # e.g. torchvision's own figures for its weights, shown beside ours
+        record["published"] = info["published"]
+    adapter = adapter_for(model)
+    if adapter != DEFAULT_ADAPTER:  # a declared normalisation / padding (models.adapters)
+        record["adapter"] = adapter.to_dict()
     return model, record
 
 
@@ -1113,7 +1117,7 @@ def resolve_corruptions(corruptions, severities=None) -> list[tuple[str, int]]:
             levels = parse_severities(str(severities))
         else:
             levels = parse_severities(",".join(str(int(v)) for v in severities))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RbsegError) as exc:
         raise RbsegError(f"--corruptions {text} / --severities {severities}: {_one_line(exc)}") from None
     levels = sorted(dict.fromkeys(int(v) for v in levels))
     if not names or not levels:

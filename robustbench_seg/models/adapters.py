@@ -60,6 +60,8 @@ class InputNorm:
     range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
+        for name in ("mean", "std", "range"):  # lists given by a user: stored as float tuples (hashable)
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if len(self.mean) != 3 or len(self.std) != 3 or any(float(s) <= 0 for s in self.std):
             raise RbsegError(f"InputNorm needs 3 means and 3 positive stds, got mean={self.mean} std={self.std}")
         if len(self.range) != 2 or not float(self.range[1]) > float(self.range[0]):
@@ -128,8 +130,9 @@ def declare(model: nn.Module, norm: InputNorm | None = None, pad_to: int = 1, na
 # --- library adapters ---------------------------------------------------------------------------------
 
 
-def _module_of(model: nn.Module) -> str:
-    return type(model).__module__ or ""
+def _packages_of(model: nn.Module) -> set[str]:
+    """Top-level packages of the model's class and its bases (a user's subclass of smp.Unet counts as smp)."""
+    return {(cls.__module__ or "").split(".")[0] for cls in type(model).__mro__}
 
 
 def _smp_adapter(model: nn.Module) -> Adapter:
@@ -142,7 +145,7 @@ def _transformers_adapter(model: nn.Module) -> Adapter:
     return Adapter(name="transformers", norm=IMAGENET)
 
 
-# (top-level package of the model's class, adapter factory): the first match wins
+# (top-level package of the model's class or a base class, adapter factory): the first match wins
 LIBRARY_ADAPTERS: list[tuple[str, Callable[[nn.Module], Adapter]]] = [
     ("segmentation_models_pytorch", _smp_adapter),
     ("transformers", _transformers_adapter),
@@ -155,9 +158,9 @@ def adapter_for(model: nn.Module) -> Adapter:
     declared = getattr(model, "rbseg_adapter", None)
     if isinstance(declared, Adapter):
         return declared
-    top = _module_of(model).split(".")[0]
+    packages = _packages_of(model)
     for package, factory in LIBRARY_ADAPTERS:
-        if top == package:
+        if package in packages:
             return factory(model)
     return DEFAULT
 
@@ -166,9 +169,9 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 
 def _field(raw, name: str):
-    if isinstance(raw, Mapping) and name in raw:
-        return raw[name]
-    return getattr(raw, name, None) if not isinstance(raw, (Mapping, torch.Tensor)) or hasattr(type(raw), name) else None
+    """``raw[name]`` or ``raw.name`` (Hugging Face outputs are both a mapping and an object)."""
+    value = raw.get(name) if isinstance(raw, Mapping) else None
+    return value if value is not None else getattr(raw, name, None)
 
 
 def upsample(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

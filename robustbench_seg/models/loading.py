@@ -1,4 +1,5 @@
-"""``load_model(spec)``: a zoo name, an rbseg checkpoint path, or a user's ``module:function``."""
+"""``load_model(spec)``: a zoo name, an rbseg checkpoint path, a user's ``module:function``, or a
+prefixed spec from :data:`SPEC_PREFIXES` (``torchvision:NAME[:WEIGHTS]``: ``models.torchvision_zoo``)."""
 from __future__ import annotations
 
 import importlib
@@ -34,8 +35,13 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", weights: st
     chained (``rbseg --debug`` shows its traceback).
     """
     spec_s = str(spec)
+    prefix = spec_s.split(":", 1)[0]
+    if ":" in spec_s and prefix in SPEC_PREFIXES:  # e.g. torchvision:NAME[:WEIGHTS]
+        model, info = SPEC_PREFIXES[prefix](spec_s.split(":", 1)[1], weights)
+        model.eval()
+        return model.to(device), info
     if weights is not None and not _MODULE_SPEC.match(spec_s):
-        raise RbsegError(f"--weights only applies to a module:function model, not '{spec_s}'")
+        raise RbsegError(f"--weights only applies to a module:function or torchvision: model, not '{spec_s}'")
     if spec_s in load_zoo():
         path, entry = zoo_checkpoint(spec_s)
         model, info = _from_checkpoint(path, sha256=entry["sha256"])
@@ -161,3 +167,13 @@ def _from_module(spec: str, weights: str | Path | None) -> tuple[nn.Module, dict
 
 def _is_state_dict(obj: dict) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _torchvision_spec(rest: str, weights: str | Path | None) -> tuple[nn.Module, dict]:
+    from .torchvision_zoo import load_torchvision
+
+    return load_torchvision(rest, weights)
+
+
+# spec prefix -> loader(rest of the spec, --weights) -> (model, info); checked before zoo names and paths
+SPEC_PREFIXES = {"torchvision": _torchvision_spec}

@@ -136,6 +136,8 @@ def build_report(
     figures = [figs.figure4(index, fig_dir), figs.robustness_chart(index, fig_dir)]
     if index.has_attacks():  # per-image attack results: the mIoU-vs-eps curves (full split, subsets)
         figures += [figs.attack_eps(index, fig_dir), figs.attack_eps_subsets(index, fig_dir)]
+    if index.has_corruptions():  # corruption results: the heatmap and the mean-per-severity curve
+        figures += [figs.corruption_heatmap(index, fig_dir), figs.corruption_severity(index, fig_dir)]
     summary_models: dict[str, dict] = {}
     root = None
     if qualitative:

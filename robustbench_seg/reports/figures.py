@@ -265,6 +265,82 @@ def attack_eps_subsets(index: ResultIndex, out_dir: str | Path, split: str | Non
     return result
 
 
+def _corruption_summaries(index: ResultIndex, split: str) -> dict:
+    from .tables import _corruption_summary, corruption_models
+
+    return {m: _corruption_summary(index, m, split)[0] for m in corruption_models(index, split)}
+
+
+def corruption_heatmap(index: ResultIndex, out_dir: str | Path, split: str | None = None) -> FigureResult:
+    """mIoU per corruption (rows) and severity (columns), one panel per method, the numbers written in."""
+    from .tables import corruption_order
+
+    result = FigureResult("corruption_heatmap", spec.FIGURE_TITLES["corruption_heatmap"], caption=(
+        "Rows: corruptions; columns: severities; colour and number: full-split mIoU (%) on the corrupted images "
+        "(one shared colour scale, 0-100)."))
+    split = split or index.corruption_split() or "val"
+    summaries = _corruption_summaries(index, split)
+    if not summaries:
+        result.skipped = "no corruption results"
+        return result
+    names = corruption_order({c for s in summaries.values() for c in s.grid})
+    levels = sorted({lv for s in summaries.values() for g in s.grid.values() for lv in g})
+    n = len(summaries)
+    fig, axes = plt.subplots(1, n, figsize=(1.2 + 0.55 * len(levels) * n + 1.4 * n, 0.9 + 0.28 * len(names)),
+                             squeeze=False, sharey=True)
+    image = None
+    for k, (model, summary) in enumerate(summaries.items()):
+        ax = axes[0][k]
+        grid = np.array([[np.nan if summary.grid.get(c, {}).get(lv) is None else summary.grid[c][lv] for lv in levels]
+                         for c in names], dtype=float)
+        result.data[model] = grid.tolist()
+        image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i in range(len(names)):
+            for j in range(len(levels)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if grid[i, j] < 50 else "black")
+        ax.set_xticks(range(len(levels)), [str(lv) for lv in levels], fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("severity", fontsize=7)
+        ax.set_title(_label(model), fontsize=8)
+    result.data["_corruptions"] = names
+    result.data["_severities"] = levels
+    result.legend = [_label(m) for m in summaries]
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mIoU (%)")
+    result.files = save_figure(fig, out_dir, "corruption_heatmap")
+    return result
+
+
+def corruption_severity(index: ResultIndex, out_dir: str | Path, split: str | None = None) -> FigureResult:
+    """Mean mIoU over the corruptions at each severity (0 = clean), one line per method."""
+    result = FigureResult("corruption_severity", spec.FIGURE_TITLES["corruption_severity"], caption=(
+        "x: corruption severity (0 = clean); y: full-split mIoU averaged over the corruptions evaluated at that severity."))
+    split = split or index.corruption_split() or "val"
+    summaries = _corruption_summaries(index, split)
+    if not summaries:
+        result.skipped = "no corruption results"
+        return result
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for model, summary in summaries.items():
+        xs = [0, *summary.per_severity]
+        ys = [math.nan if summary.clean is None else summary.clean,
+              *(math.nan if v is None else v for v in summary.per_severity.values())]
+        result.data[model] = {"severity": xs, "miou": ys}
+        ax.plot(xs, ys, marker="o", linewidth=1.8, label=_label(model))
+    result.legend = [_label(m) for m in summaries]
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("mean mIoU (%)")
+    top = max((v for d in result.data.values() for v in d["miou"] if not math.isnan(v)), default=1.0)
+    result.ylim = (0.0, float(min(100.0, max(1.0, top * 1.1))))
+    ax.set_ylim(*result.ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("mIoU vs corruption severity", fontsize=10)
+    result.files = save_figure(fig, out_dir, "corruption_severity")
+    return result
+
+
 # --- image selection (deterministic) --------------------------------------------------------------
 
 def complex_scene_ids(root: Path, split: str, k: int) -> list[str]:

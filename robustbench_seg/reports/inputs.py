@@ -130,6 +130,20 @@ class ResultIndex:
     def has_attacks(self) -> bool:
         return self.attack_split() is not None
 
+    def corruption_split(self) -> str | None:
+        """The split the corruption tables and figures show: val when it has corruption results, else
+        the first split that has them; None without any."""
+        splits = sorted({k[2] for k, r in self.records.items() if input_kind(r) == "corruption"},
+                        key=lambda s: (s != "val", s))
+        return splits[0] if splits else None
+
+    def has_corruptions(self) -> bool:
+        return self.corruption_split() is not None
+
+    def corruption_records(self, model: str, split: str = "val") -> list[dict]:
+        """Every corruption result (``perturbation.kind == "corruption"``) of ``model`` on ``split``."""
+        return [r for k, r in self.records.items() if k[0] == model and k[2] == split and input_kind(r) == "corruption"]
+
     def attack_split(self) -> str | None:
         """The split the attack tables and curves show: val when it has per-image attack results,
         else the first split that has them; None without any."""
@@ -227,7 +241,8 @@ class ResultIndex:
 
 def input_kind(rec: dict) -> str:
     """``clean``, ``perturbation`` (universal; results written before attacks existed have no kind),
-    ``attack`` (per-image) or ``worst`` (the worst case over attacks)."""
+    ``attack`` (per-image), ``worst`` (the worst case over attacks) or ``corruption`` (a common
+    corruption at one severity)."""
     pert = rec.get("perturbation") or {}
     if pert.get("name") == "clean":
         return "clean"

@@ -152,7 +152,13 @@ TITLES: dict[str, str] = {
     "all_inputs": "Extra table C: mIoU (%) of every evaluated model under every evaluated input",
     "beyond": "Robustness beyond the paper: mIoU (%) clean, under universal perturbations and per-image attacks",
     "beyond_subsets": "Robustness beyond the paper on the paper's subsets: mIoU (%) clean and under per-image attacks",
+    "corruption": "Common corruptions, {label}: mIoU (%) per corruption and severity",
+    "corruption_subsets": "Common corruptions on the paper's subsets: clean and mean corrupted mIoU (%), relative robustness, mCD",
+    "leaderboard": "Leaderboard: one row per model (mIoU %)",
 }
+
+# The reference model of the corruption degradation CD (Kamann & Rother normalise by a reference model).
+CORRUPTION_REFERENCE = "baseline"
 
 # The subsets of the attack-on-subsets table and figure (Table 2's: occlusion, number of objects,
 # number of unique objects), after the full split.
@@ -167,4 +173,6 @@ FIGURE_TITLES: dict[str, str] = {
     "robustness": "Table 4 as a chart: mIoU (%) clean and under each universal perturbation",
     "attack_eps": "mIoU (%) vs attack budget eps: worst case over the per-image attacks, one line per method",
     "attack_eps_subsets": "mIoU (%) vs attack budget eps on the paper's subsets (worst case over the per-image attacks)",
+    "corruption_heatmap": "mIoU (%) per corruption and severity, one panel per method",
+    "corruption_severity": "Mean mIoU (%) over the corruptions vs severity (0 = clean), one line per method",
 }

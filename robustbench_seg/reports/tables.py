@@ -17,7 +17,7 @@ from ..constants import VOC_CLASSES
 from ..data.subsets import subset_class
 from ..io import atomic_write_text
 from . import spec
-from .inputs import Cell, ResultIndex, group_missing
+from .inputs import Cell, Missing, ResultIndex, group_missing
 
 MISSING = "n/a"
 
@@ -479,6 +479,125 @@ def attack_tables(index: ResultIndex) -> list[Table]:
     return [beyond(index), beyond_subsets(index)] if index.has_attacks() else []
 
 
+# --- common corruptions ---------------------------------------------------------------------------
+
+def corruption_order(names) -> list[str]:
+    """The 15 benchmark corruptions in ImageNet-C's order, then the 4 extra ones, then any other by name."""
+    try:
+        from ..corruptions import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+        known = [*BENCHMARK_CORRUPTIONS, *EXTRA_CORRUPTIONS]
+    except ImportError:
+        known = []
+    rank = {n: k for k, n in enumerate(known)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def corruption_models(index: ResultIndex, split: str) -> list[str]:
+    return _model_order({k[0] for k in index.records if k[2] == split and index.corruption_records(k[0], split)})
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v
+
+
+def _corruption_summary(index: ResultIndex, model: str, split: str, subset: str = "all",
+                        reference: str = spec.CORRUPTION_REFERENCE):
+    from ..evaluation import corruption_metrics as cm
+
+    clean = index.miou(model, "clean", split, subset)
+    ref = index.corruption_records(reference, split)
+    return cm.summarize(index.corruption_records(model, split), clean.value, subset,
+                        reference_records=ref if ref else None, reference=reference), clean
+
+
+def _corruption_protocol_note(index: ResultIndex, model: str, split: str) -> str:
+    from ..evaluation.corruption_metrics import corruption_info
+
+    infos = [corruption_info(r) for r in index.corruption_records(model, split)]
+    seeds = sorted({int(i.get("seed", 0)) for i in infos if i})
+    versions = sorted({str(i.get("version")) for i in infos if i})
+    impls: dict[str, list[str]] = {}
+    for i in infos:
+        if i:
+            impls.setdefault(str(i.get("impl")), [])
+            if i["name"] not in impls[str(i.get("impl"))]:
+                impls[str(i.get("impl"))].append(str(i["name"]))
+    impl_text = "; ".join(f"{impl}: {', '.join(corruption_order(n))}" for impl, n in sorted(impls.items()))
+    return (f"Corruptions version {', '.join(versions)}, seed {', '.join(map(str, seeds))}; implementation {impl_text}.")
+
+
+def corruption_table(index: ResultIndex, model: str, split: str | None = None,
+                     reference: str = spec.CORRUPTION_REFERENCE) -> Table:
+    """One method: mIoU per corruption (rows) and severity (columns), the mean over severities, the
+    relative robustness (mean corrupted / clean mIoU) and the corruption degradation CD against
+    ``reference`` (Kamann & Rother: sum_s (1 - mIoU) / sum_s (1 - mIoU_ref), in %); a last row holds
+    the mean over corruptions per severity, the overall mean, its relative robustness and the mCD."""
+    split = split or index.corruption_split() or "val"
+    summary, clean = _corruption_summary(index, model, split, "all", reference)
+    levels = sorted({s for lv in summary.grid.values() for s in lv})
+    columns = [Column(f"s{s}", "Severity", flat=f"severity {s}") for s in levels]
+    columns += [Column("Mean"), Column("Rel. rob. (%)"), Column(f"CD vs {reference} (%)")]
+    what = f"model '{model}' on {split}"
+    no_ref = None if summary.cd else Missing(what, f"no corruption results for the CD reference model '{reference}'")
+    rows = []
+    for name in corruption_order(summary.grid):
+        lv = summary.grid[name]
+        cells = [Cell(lv.get(s)) if lv.get(s) is not None else
+                 Cell(None, None, Missing(what, "no corruption result (or no mIoU) for", f"{name} severity {s}"))
+                 for s in levels]
+        cd = summary.cd.get(name) if summary.cd else None
+        cd_cell = Cell(_pct(cd)) if cd is not None else Cell(None, None, no_ref or Missing(
+            what, "CD undefined (the reference lacks a severity or a number) for", name))
+        rows.append(Row(name, [name], [*cells, Cell(summary.per_corruption.get(name)),
+                                        Cell(_pct(summary.relative_per_corruption.get(name))), cd_cell], block=name))
+    mcd_cell = Cell(_pct(summary.mcd)) if summary.mcd is not None else Cell(None, None, no_ref or Missing(
+        what, "mCD undefined: a corruption's CD is undefined", ""))
+    rows.append(Row("mean", ["Mean"], [*(Cell(summary.per_severity.get(s)) for s in levels), Cell(summary.mean),
+                                       Cell(_pct(summary.relative)), mcd_cell], block="mean"))
+    notes = [f"Clean mIoU {'n/a' if clean.value is None else f'{clean.value:.1f}'}. Each corruption computed from the "
+             "clean image, deterministic per (image id, corruption, severity, seed). Rel. rob. = mean corrupted mIoU / "
+             f"clean mIoU. CD_c = sum_s (1 - mIoU_c,s) / sum_s (1 - mIoU_c,s of '{reference}') (Kamann & Rother; "
+             "100 = as robust as the reference, lower is better); last row: mean over corruptions per severity, "
+             "the overall mean and mCD (mean of CD_c).", _corruption_protocol_note(index, model, split)]
+    keys = [(model, r["perturbation"]["name"], split) for r in index.corruption_records(model, split)]
+    title = spec.TITLES["corruption"].format(label=_label(model))
+    return _finish(Table(f"corruption_{model}", title, ["Corruption"], columns, rows, notes=notes), index, keys)
+
+
+def corruption_subsets(index: ResultIndex, split: str | None = None, reference: str = spec.CORRUPTION_REFERENCE) -> Table:
+    """Every method with corruption results x every subset its results hold: clean mIoU, mean corrupted
+    mIoU, relative robustness and mCD against ``reference`` on that subset."""
+    from ..evaluation.corruption_metrics import subsets_of
+
+    split = split or index.corruption_split() or "val"
+    models = corruption_models(index, split)
+    rows, keys = [], []
+    for m in models:
+        recs = index.corruption_records(m, split)
+        have = subsets_of(recs)
+        for subset in [s for s in spec.ATTACK_SUBSETS if s in have] + [s for s in have if s not in spec.ATTACK_SUBSETS]:
+            summary, clean = _corruption_summary(index, m, split, subset, reference)
+            label = "full split" if subset == "all" else spec.TABLE2_COLUMNS.get(subset, ("", subset))[1]
+            mcd = Cell(_pct(summary.mcd)) if summary.mcd is not None else Cell(None, None, Missing(
+                f"model '{m}' on {split}", f"mCD vs '{reference}' undefined on subset", subset))
+            rows.append(Row(f"{m}/{subset}", [_label(m), f"{label} (n={clean.n_images if clean.n_images is not None else '?'})"],
+                            [clean, Cell(summary.mean), Cell(_pct(summary.relative)), mcd], block=f"{m}/{subset}"))
+        keys += [(m, r["perturbation"]["name"], split) for r in recs]
+    notes = ["Mean corrupted mIoU: over every corruption and severity evaluated; Rel. rob. = mean corrupted / clean mIoU; "
+             f"mCD: mean over corruptions of CD_c against '{reference}' on the same subset (lower is better)."]
+    columns = [Column("Clean"), Column("Mean corrupted"), Column("Rel. rob. (%)"), Column(f"mCD vs {reference} (%)")]
+    return _finish(Table("corruption_subsets", spec.TITLES["corruption_subsets"], ["Method", "Subset"], columns, rows,
+                         notes=notes), index, keys)
+
+
+def corruption_tables(index: ResultIndex) -> list[Table]:
+    """One corruption table per method and the subsets table, only when the results hold corruption results."""
+    if not index.has_corruptions():
+        return []
+    split = index.corruption_split()
+    return [corruption_table(index, m, split) for m in corruption_models(index, split)] + [corruption_subsets(index, split)]
+
+
 TABLES: dict[str, Callable[[ResultIndex], Table]] = {
     "table1": table1,
     "table2": table2,
@@ -495,7 +614,7 @@ TABLES: dict[str, Callable[[ResultIndex], Table]] = {
 
 
 def build_tables(index: ResultIndex) -> list[Table]:
-    return [fn(index) for fn in TABLES.values()] + attack_tables(index)
+    return [fn(index) for fn in TABLES.values()] + attack_tables(index) + corruption_tables(index)
 
 
 # --- formats ------------------------------------------------------------------------------------

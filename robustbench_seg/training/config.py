@@ -123,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the shared pre-trained backbone (training/pretrain.py; pass weights_backbone=PATH, as rbseg reproduce
     # does); the tiny preset's optimiser and augmentation; see docs/training.md "The bench preset".
     "bench": dict(
-        arch="deeplabv3_tiny", steps=1500, binding_steps=1275, stage2_steps=225, batch_size=16, optimizer="adamw",
+        arch="deeplabv3_tiny", steps=3000, binding_steps=2550, stage2_steps=450, batch_size=16, optimizer="adamw",
         lr=2e-3, stage2_lr=2e-5, weight_decay=1e-4, crop=64, scale=(0.75, 1.25), weights_backbone=None,
         num_workers=0, fbh_hidden=64, channels_last=True, checkpoint_every=200,
     ),

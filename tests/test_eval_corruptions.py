@@ -263,3 +263,41 @@ def test_report_without_corruption_results_has_no_corruption_sections(tmp_path):
     summary = build_report(index=index, results_dir="x", out_dir=tmp_path / "rep", qualitative=False)
     assert not any(t.key.startswith("corruption") for t, _ in summary.tables)
     assert not any(f.key.startswith("corruption") for f in summary.figures)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_cpu_only_corruptions_are_made_in_the_decoding_workers(corruptions, synth_micro_root, monkeypatch, num_workers):
+    """A corruption the reference package computes (JPEG here; glass blur, spatter) is made beside the
+    decoding (``EvalInput.worker_prepare`` in the DataLoader workers), never in the main process's
+    loop, and equals corrupt() of the clean image with that image's seed; a torch corruption of the
+    same pass stays on the device."""
+    pytest.importorskip("imagecorruptions")
+    from robustbench_seg.corruptions import reference
+    from robustbench_seg.data import voc
+    from robustbench_seg.data.transforms import normalize
+
+    assert corruptions.CORRUPTIONS["jpeg_compression"].impl == "reference"
+    ids = voc.read_split(synth_micro_root, "val")[:3]
+    model = TinyNet(seed=5)
+    jpeg, noise = CorruptionInput("jpeg_compression", 3, seed=0), CorruptionInput("gaussian_noise", 1, seed=0)
+    assert jpeg.in_workers and not noise.in_workers
+    main_loop = []
+    real_produce = CorruptionInput.produce
+
+    def produce(self, x, target, ctx):
+        if self.name == jpeg.name:
+            assert self.name in ctx.prepared, "the JPEG corruption was not prepared by the decoding workers"
+            main_loop.append(ctx.prepared[self.name].dtype)
+        return real_produce(self, x, target, ctx)
+
+    monkeypatch.setattr(CorruptionInput, "produce", produce)
+    engine.run_pass(model, synth_micro_root, "val", ids, [None, jpeg, noise], torch.ones(1, len(ids), dtype=torch.bool),
+                    batch_size=1, forward_batch=3, device=torch.device("cpu"), num_workers=num_workers)
+    assert main_loop == [torch.uint8] * len(ids)
+    batches = engine.size_batches([engine.image_size(voc.image_path(synth_micro_root, i)) for i in ids], 1)
+    for k, (position,) in enumerate(batches):
+        image_id = ids[position]
+        clean = voc.read_image(voc.image_path(synth_micro_root, image_id))
+        seed = corruptions.corruption_seed(image_id, "jpeg_compression", 3, 0)
+        want = torch.from_numpy(reference.reference_one(clean, "jpeg_compression", 3, seed).copy()).permute(2, 0, 1)[None].float()
+        assert torch.allclose(model.inputs[k][1:2], normalize(want), atol=1e-4)

@@ -113,17 +113,25 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list
 
 
 class EvalImages(torch.utils.data.Dataset):
-    """(uint8 3xHxW image, uint8 HxW mask, index) per image; without mask paths the mask is empty
-    (0 x 0). A read error travels as a string, so the main process raises it as one line
-    (DataLoader workers would wrap it in a traceback)."""
+    """(uint8 3xHxW image, uint8 HxW mask, index, prepared) per image; without mask paths the mask is
+    empty (0 x 0). ``prepared`` maps the name of every input in ``worker_inputs`` (inputs whose
+    ``in_workers`` is true: CPU-only computations such as the reference package's corruptions) to
+    its uint8 3xHxW version of the image, computed here, i.e. in the decoding workers when the pass
+    has any. A read (or preparation) error travels as a string, so the main process raises it as one
+    line (DataLoader workers would wrap it in a traceback)."""
 
-    def __init__(self, image_paths: Sequence[Path], mask_paths: Sequence[Path] | None = None):
+    def __init__(self, image_paths: Sequence[Path], mask_paths: Sequence[Path] | None = None,
+                 worker_inputs: Sequence[EvalInput] = (), ids: Sequence[str] | None = None):
         self.image_paths = [Path(p) for p in image_paths]
         self.mask_paths = None if mask_paths is None else [Path(p) for p in mask_paths]
+        self.worker_inputs = list(worker_inputs)
+        self.ids = [p.stem for p in self.image_paths] if ids is None else [str(i) for i in ids]
 
     @classmethod
-    def from_split(cls, root: Path, split: str, ids: Sequence[str], with_masks: bool = True) -> EvalImages:
-        return cls([voc.image_path(root, i) for i in ids], [voc.mask_path(root, i, split) for i in ids] if with_masks else None)
+    def from_split(cls, root: Path, split: str, ids: Sequence[str], with_masks: bool = True,
+                   worker_inputs: Sequence[EvalInput] = ()) -> EvalImages:
+        return cls([voc.image_path(root, i) for i in ids], [voc.mask_path(root, i, split) for i in ids] if with_masks else None,
+                   worker_inputs=worker_inputs, ids=ids)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -140,15 +148,22 @@ class EvalImages(torch.utils.data.Dataset):
                 mask = np.zeros((0, 0), dtype=np.uint8)
         except RbsegError as exc:
             return str(exc)
-        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask), index
+        prepared = {}
+        for inp in self.worker_inputs:
+            try:
+                prepared[inp.name] = torch.from_numpy(np.ascontiguousarray(inp.worker_prepare(image, self.ids[index]))).permute(2, 0, 1)
+            except Exception as exc:  # noqa: BLE001 - travels as one line to the main process
+                return f"{self.image_paths[index]}: input '{inp.name}' failed: {type(exc).__name__}: {_one_line(exc)}"
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask), index, prepared
 
 
 def collate_same_size(items):
     errors = [item for item in items if isinstance(item, str)]
     if errors:
         return errors[0]
-    images, masks, indices = zip(*items)
-    return torch.stack(images), torch.stack(masks), torch.tensor(indices, dtype=torch.long)
+    images, masks, indices, prepared = zip(*items)
+    stacked = {name: torch.stack([p[name] for p in prepared]) for name in prepared[0]}
+    return torch.stack(images), torch.stack(masks), torch.tensor(indices, dtype=torch.long), stacked
 
 
 def batch_loader(dataset: EvalImages, batches: list[list[int]], device: torch.device, num_workers: int):
@@ -205,6 +220,7 @@ class BatchContext:
     index: torch.Tensor  # positions of the batch's images in the pass's id list (CPU, int64)
     batch_no: int
     ids: Sequence[str] | None = None  # the pass's id list (``ids[index[k]]`` is image k's id)
+    prepared: dict[str, torch.Tensor] = field(default_factory=dict)  # input name -> (B, 3, H, W) uint8 made by the decoding workers
 
     def image_ids(self) -> list[str]:
         """The ids of the batch's images (their positions when the pass gave no id list)."""
@@ -224,12 +240,19 @@ class EvalInput:
 
     kind = "input"
     keep_per_image = False
+    in_workers = False  # True: worker_prepare runs in the decoding workers (CPU-only work, e.g. NumPy/OpenCV)
 
     def __init__(self, name: str):
         self.name = name
 
     def to(self, device: torch.device) -> EvalInput:
         return self
+
+    def worker_prepare(self, image: np.ndarray, image_id: str) -> np.ndarray:
+        """For an input whose ``in_workers`` is true: the HxWx3 uint8 image -> its HxWx3 uint8 input,
+        computed beside the decoding (in the DataLoader workers when the pass has any); ``produce``
+        then finds it in ``ctx.prepared[self.name]``."""
+        raise NotImplementedError
 
     def produce(self, x: torch.Tensor, target: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
         raise NotImplementedError
@@ -338,10 +361,29 @@ class CorruptionInput(EvalInput):
 
         return [int(corruption_seed(i, self.corruption, self.severity, self.seed)) for i in image_ids]
 
+    @property
+    def in_workers(self) -> bool:
+        """A corruption the reference package computes (CPU only: glass blur, JPEG, spatter) is made
+        in the decoding workers, beside the image's decoding, not in the main process."""
+        from ..corruptions import CORRUPTIONS
+
+        d = CORRUPTIONS.get(self.corruption)
+        return d is not None and d.impl == "reference"
+
+    def worker_prepare(self, image, image_id):
+        from ..corruptions import corrupt
+
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        out = corrupt(x, self.corruption, self.severity, self.seeds([image_id]))
+        return out[0].clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
     def produce(self, x, target, ctx):
         from ..corruptions import corrupt
 
-        out = corrupt(x, self.corruption, self.severity, self.seeds(ctx.image_ids()))
+        if self.name in ctx.prepared:  # made by the decoding workers (worker_prepare)
+            out = ctx.prepared[self.name].to(x.device, non_blocking=True)
+        else:
+            out = corrupt(x, self.corruption, self.severity, self.seeds(ctx.image_ids()))
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise RbsegError(f"corruption '{self.name}' returned {shape} for inputs {tuple(x.shape)}")
@@ -486,7 +528,8 @@ def run_pass(
         return PassState(state.cms.cpu(), state.batches_done, None if state.per_image is None else state.per_image.cpu())
 
     todo = batches[state.batches_done:]
-    loader = batch_loader(EvalImages.from_split(root, split, ids), todo, device, num_workers)
+    loader = batch_loader(EvalImages.from_split(root, split, ids, worker_inputs=[i for i in inputs if i.in_workers]),
+                          todo, device, num_workers)
     bar = progress_bar(progress, description, len(batches), state.batches_done)
     last_save = time.monotonic()
     try:
@@ -494,13 +537,13 @@ def run_pass(
             for batch in loader:
                 if isinstance(batch, str):
                     raise RbsegError(batch)
-                images, masks, index = batch
+                images, masks, index, prepared = batch
                 x = images.to(device, non_blocking=True).float()
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = masks.to(device, non_blocking=True)
                 batch_no = state.batches_done + 1
-                ctx = BatchContext(model, index, batch_no, ids)
+                ctx = BatchContext(model, index, batch_no, ids, prepared)
                 producing = None
                 try:
                     # every input of this batch (clean, perturbed, attacked) as one stack of P x B

@@ -120,7 +120,7 @@ def predict_images(
             for batch in loader:
                 if isinstance(batch, str):
                     raise RbsegError(batch)
-                images, _, index = batch
+                images, _, index, _ = batch
                 x = images.to(dev).float()
                 batch_no += 1
                 try:

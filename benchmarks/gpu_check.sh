@@ -51,6 +51,13 @@ if [ -z "$PY" ]; then
     || { echo "gpu_check: pip install failed (no package index reachable?): carry a venv or preinstall torch" >&2; exit 3; }
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# peers the benchmarks compare against (cospgd, imagecorruptions-imaug): a machine with no package
+# index gets them as wheels carried in $ROOT/.whl (benchmarks/gpu_wheels.sh downloads them here)
+if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/rbseg-site "$ROOT"/.whl/*.whl >&2 \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/rbseg-site" \
+    || echo "gpu_check: could not install the carried wheels in $ROOT/.whl (peer comparisons may be skipped)" >&2
+fi
 MISSING=$("$PY" - <<'EOF'
 import importlib.util
 print(" ".join(m for m in ("numpy", "scipy", "pandas", "matplotlib", "rich", "PIL") if importlib.util.find_spec(m) is None))

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from robustbench_seg.data import voc
 from robustbench_seg.errors import RbsegError
@@ -15,29 +14,9 @@ from robustbench_seg.evaluation import engine
 from robustbench_seg.evaluation import results as store
 from robustbench_seg.evaluation.engine import evaluate, size_batches
 from robustbench_seg.evaluation.metric import batched_confusion_matrix, metrics_from_confusion
+from tinynets import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class TinyNet(torch.nn.Module):
-    """A random 2-layer net returning {"out": logits} at half resolution."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 21, 3, stride=2, padding=1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        self.calls = 0
-        self.fail_after: int | None = None
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("simulated interruption")
-        return {"out": self.conv2(F.relu(self.conv1(x)))}
 
 
 def tiny_model() -> torch.nn.Module:

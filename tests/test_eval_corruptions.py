@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from robustbench_seg.cli import main
 from robustbench_seg.errors import RbsegError
@@ -13,6 +12,7 @@ from robustbench_seg.evaluation import corruption_metrics as cm
 from robustbench_seg.evaluation import engine
 from robustbench_seg.evaluation import results as store
 from robustbench_seg.evaluation.engine import BatchContext, CorruptionInput, evaluate
+from tinynets import TinyNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,30 +27,14 @@ def corruptions():
     return mod
 
 
-class TinyNet(torch.nn.Module):
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 21, 3, stride=2, padding=1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return {"out": self.conv2(F.relu(self.conv1(x)))}
-
-
 def tiny_model() -> torch.nn.Module:
     """``module:function`` entry point for the CLI test."""
-    return TinyNet(seed=5)
+    return TinyNet(seed=5, record_inputs=True)
 
 
 def _eval(root, out, model=None, **kw):
     kw.setdefault("subsets", "obj1,obj2")
-    return evaluate(model if model is not None else TinyNet(seed=5), data_root=root, perturbations="none", out=out,
+    return evaluate(model if model is not None else TinyNet(seed=5, record_inputs=True), data_root=root, perturbations="none", out=out,
                     device="cpu", progress=False, model_name="tiny", **kw)
 
 
@@ -78,14 +62,14 @@ def test_corruption_results_are_stored_with_name_severity_seed_version_and_impl(
 def test_corruption_results_are_reused_and_the_key_covers_version_seed_and_severity(corruptions, synth_micro_root,
                                                                                    tmp_path, monkeypatch):
     first = _eval(synth_micro_root, tmp_path, corruptions="brightness", severities="2")
-    model = TinyNet(seed=5)
+    model = TinyNet(seed=5, record_inputs=True)
     again = _eval(synth_micro_root, tmp_path, model=model, corruptions="brightness", severities="2")
     assert model.inputs == [] and again[1].created == first[1].created  # cached: no forward pass at all
     seeded = _eval(synth_micro_root, tmp_path, corruptions="brightness", severities="2", corruption_seed=7)
     assert seeded[1].perturbation["name"] == "corruption-brightness-s2-seed7"
     assert seeded[1].perturbation["sha256"] != first[1].perturbation["sha256"]
     monkeypatch.setattr(corruptions, "VERSION", "another-version")
-    model = TinyNet(seed=5)
+    model = TinyNet(seed=5, record_inputs=True)
     bumped = _eval(synth_micro_root, tmp_path, model=model, corruptions="brightness", severities="2")
     assert model.inputs and bumped[1].perturbation["corruption"]["version"] == "another-version"
     assert bumped[1].perturbation["sha256"] != first[1].perturbation["sha256"]
@@ -97,7 +81,7 @@ def test_corrupted_batch_comes_from_the_clean_image_with_per_image_seeds(corrupt
     from robustbench_seg.data import voc
 
     ids = voc.read_split(synth_micro_root, "val")[:3]
-    model = TinyNet(seed=5)
+    model = TinyNet(seed=5, record_inputs=True)
     delta = torch.full((3, 8, 8), 10.0)
     inp = CorruptionInput("gaussian_noise", 2, seed=0)
     engine.run_pass(model, synth_micro_root, "val", ids, [None, delta, inp], torch.ones(1, len(ids), dtype=torch.bool),
@@ -278,7 +262,7 @@ def test_cpu_only_corruptions_are_made_in_the_decoding_workers(corruptions, synt
 
     assert corruptions.CORRUPTIONS["jpeg_compression"].impl == "reference"
     ids = voc.read_split(synth_micro_root, "val")[:3]
-    model = TinyNet(seed=5)
+    model = TinyNet(seed=5, record_inputs=True)
     jpeg, noise = CorruptionInput("jpeg_compression", 3, seed=0), CorruptionInput("gaussian_noise", 1, seed=0)
     assert jpeg.in_workers and not noise.in_workers
     main_loop = []

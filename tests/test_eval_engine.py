@@ -19,27 +19,7 @@ from robustbench_seg.evaluation.metric import batched_confusion_matrix, confusio
 from robustbench_seg.evaluation.results import load_results
 from robustbench_seg.io import safe_torch_load
 from vocfactory import VOCTree
-
-
-class TinyNet(torch.nn.Module):
-    """A random 2-layer net returning {"out": logits} at half resolution (the engine upsamples)."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(8, 21, 3, stride=2, padding=1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        self.calls = 0
-        self.fail_after: int | None = None
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("simulated interruption")
-        return {"out": self.conv2(F.relu(self.conv1(x)))}
+from tinynets import TinyNet
 
 
 def tiny_net() -> torch.nn.Module:

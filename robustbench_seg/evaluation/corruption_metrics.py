@@ -22,7 +22,8 @@ from typing import Any
 Grid = dict[str, dict[int, float | None]]
 
 
-def _number(v: Any) -> float | None:
+def number_or_none(v: Any) -> float | None:
+    """A recorded metric as a float; None for null, NaN or a non-number."""
     if v is None:
         return None
     try:
@@ -55,7 +56,7 @@ def miou_grid(records: Iterable[Any], subset: str = "all") -> Grid:
         if info is None:
             continue
         entry = (_as_dict(rec).get("subsets") or {}).get(subset)
-        value = _number((entry or {}).get("metrics", {}).get("miou")) if entry else None
+        value = number_or_none((entry or {}).get("metrics", {}).get("miou")) if entry else None
         grid.setdefault(str(info["name"]), {})[int(info["severity"])] = value
     return {name: dict(sorted(levels.items())) for name, levels in grid.items()}
 

@@ -7,7 +7,6 @@ float32) wins, then the most recent one; the report lists such choices as warnin
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..attacks.apply import DEFAULT_CLIP, DEFAULT_FIT
 from ..errors import RbsegError
+from ..evaluation.corruption_metrics import number_or_none
 
 SCHEMA = "rbseg-result/1"
 PROTOCOL_FIELDS = ("dataset", "split", "fit", "clip", "dtype")
@@ -171,7 +171,7 @@ class ResultIndex:
         if entry is None:
             return Cell(None, None, reason)
         n = entry.get("n_images")
-        value = _number((entry.get("metrics") or {}).get("miou"))
+        value = number_or_none((entry.get("metrics") or {}).get("miou"))
         if value is None:
             return Cell(None, n, Missing(_what(model, perturbation, split), "no mIoU (no class counted) on subset", subset))
         return Cell(value, n)
@@ -182,7 +182,7 @@ class ResultIndex:
             return Cell(None, None, reason)
         n = entry.get("n_images")
         iou = (entry.get("metrics") or {}).get("iou")
-        value = _number(iou.get(class_name)) if isinstance(iou, dict) else None
+        value = number_or_none(iou.get(class_name)) if isinstance(iou, dict) else None
         if value is None:
             return Cell(None, n, Missing(_what(model, perturbation, split),
                                          f"no IoU of '{class_name}' (absent from prediction and ground truth) on subset", subset))
@@ -251,16 +251,6 @@ def input_kind(rec: dict) -> str:
 
 def _what(model: str, perturbation: str, split: str) -> str:
     return f"model '{model}'" + ("" if perturbation == "clean" else f" under '{perturbation}'") + f" on {split}"
-
-
-def _number(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def _p(rec: dict, name: str) -> Any:

@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
         # bench train split is 12.5x tiny's, so one epoch is about the images tiny's several epochs saw).
         Preset("bench", "bench", "bench", False,
                "SynthVOC bench (4,000 train_aug / 600 val / 120 ooc, 64-96 px), every model fine-tuned from one "
-               "pre-trained backbone: the embedded benchmark; about 100 minutes on 2 CPU cores (estimated)",
+               "pre-trained backbone: the embedded benchmark; about 80-100 minutes on 2 idle CPU cores (estimated)",
                surrogate="tiny", surrogate_options={"epochs": 1}, craft="tiny", pretrain=True),
     )
 }

@@ -6,6 +6,10 @@
     perturbation on val (every subset), and the baseline/binding on ooc when the data has it
     (OUT/reports/results) -> report (OUT/reports) -> freeze OUT/reports/expected.json
 
+A preset with ``seed_replicates`` = n > 1 (``bench``: 3) also trains the first n - 1 seed replicates of
+baseline, binding and segmix (``training.recipes.SEED_REPLICATES``), exports them to OUT/models/replicates/
+and evaluates them on val (Table 1's mean +- std, the reports' "> 2 std" notes).
+
 A preset with ``pretrain`` (``bench``) first generates a disjoint pre-training tree
 (``data/pretrain/VOC2012``) and trains the shared backbone once (step ``train/pretrain-backbone``,
 ``work/pretrain/``); every training step then fine-tunes from it and re-runs when it changes.
@@ -56,6 +60,9 @@ class Preset:
     # once (step train/pretrain-backbone) and hands its file to every training step (weights_backbone)
     pretrain: bool = False
     pretrain_options: dict = field(default_factory=dict)  # overrides of the pre-training run (tests: a few steps)
+    # runs per replicated method (Components.seed_replicates: baseline, binding, segmix): 1 = the zoo model only;
+    # n > 1 also trains, exports (OUT/models/replicates/) and evaluates on val its first n - 1 seed replicates
+    seed_replicates: int = 1
 
     @property
     def craft_preset(self) -> str:
@@ -84,7 +91,7 @@ PRESETS: dict[str, Preset] = {
         Preset("bench", "bench", "bench", False,
                "SynthVOC bench (4,000 train_aug / 600 val / 120 ooc, 64-96 px), every model fine-tuned from one "
                "pre-trained backbone: the embedded benchmark; about 80-100 minutes on 2 idle CPU cores (estimated)",
-               surrogate="tiny", surrogate_options={"epochs": 1}, craft="tiny", pretrain=True),
+               surrogate="tiny", surrogate_options={"epochs": 1}, craft="tiny", pretrain=True, seed_replicates=3),
     )
 }
 
@@ -111,6 +118,10 @@ class Components:
     ooc_models: Sequence[str] = ("baseline", "binding")
     # (data_root, out_dir, preset, device, **options) -> the shared backbone file; needed by a preset with pretrain
     pretrain: Callable[..., Path] | None = None
+    # zoo model -> its seed replicates (model names, seed order; training.recipes.SEED_REPLICATES): a preset with
+    # seed_replicates = n trains the first n - 1 of each (a stage-2 replicate after its own stage-1 replicate, which
+    # stage2_from names), exports them to OUT/models/replicates/ and evaluates them on val
+    seed_replicates: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +197,11 @@ class Layout:
         return self.work / "state.json"
 
     @property
+    def replicates(self) -> Path:
+        """The exported seed replicates (own zoo.json): models/zoo.json stays the user-facing zoo."""
+        return self.models / "replicates"
+
+    @property
     def expected(self) -> Path:
         return self.reports / "expected.json"
 
@@ -231,7 +247,15 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
         backbone_id = steps[-1].id
 
     # the GD-UAP source model is trained and exported like a zoo model but never evaluated
-    trained = list(comp.model_names) + ([comp.gduap_source] if comp.gduap_source not in comp.model_names else [])
+    exported = list(comp.model_names) + ([comp.gduap_source] if comp.gduap_source not in comp.model_names else [])
+    replicates = planned_replicates(preset, comp)
+    exported += [r for r in replicates if r not in exported]
+    trained = list(exported)
+    for name in replicates:  # a stage-2 replicate's own stage-1 replicate: trained, not exported
+        source = comp.stage2_from.get(name)
+        while source is not None and source not in trained:
+            trained.append(source)
+            source = comp.stage2_from.get(source)
     # a model trained as stage 2 of another (stage2_from) comes after it, gets its checkpoint and re-runs with it
     for name in sorted(trained, key=lambda n: n in comp.stage2_from):
         source = comp.stage2_from.get(name)
@@ -247,9 +271,10 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
         train_deps = (*d, *((backbone_id,) if backbone_id else ()))
         steps.append(Step("train", name, train, _exists("checkpoint"),
                           train_deps if source is None else (*train_deps, f"train/{source}")))
-    for name in trained:
+    for name in exported:
         def export(done: dict, name=name) -> dict:
-            return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), layout.models))}
+            models_dir = layout.replicates if name in replicates else layout.models
+            return {"checkpoint": str(comp.export(name, Path(done[f"train/{name}"]["checkpoint"]), models_dir))}
         steps.append(Step("export", name, export, _exists("checkpoint"), (f"train/{name}",)))
     for arch in comp.surrogate_archs:
         def surrogate(done: dict, arch=arch) -> dict:
@@ -273,9 +298,9 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     def perturbation_files(done: dict) -> list[str]:
         return [done[f"craft/{p}"]["perturbation"] for p in comp.perturbation_names]
 
-    for name in comp.model_names:
+    for name in [*comp.model_names, *replicates]:  # a seed replicate on val (clean + the perturbations) only
         for split in ("val", "ooc"):
-            if split == "ooc" and name not in comp.ooc_models:
+            if split == "ooc" and (name not in comp.ooc_models or name in replicates):
                 continue
 
             def evaluate(done: dict, name=name, split=split) -> dict:
@@ -303,6 +328,20 @@ def plan(preset: Preset, layout: Layout, comp: Components, data_root: Path | Non
     steps.append(Step("expected", "", expected,
                       lambda o: _exists("expected")(o) and o.get("results_fingerprint") == results_fingerprint(layout.results)))
     return steps
+
+
+def planned_replicates(preset: Preset, comp: Components) -> list[str]:
+    """The seed replicates a preset asks for: the first ``seed_replicates - 1`` of each replicated model."""
+    if preset.seed_replicates < 1:
+        raise RbsegError(f"preset '{preset.name}': seed_replicates must be at least 1, not {preset.seed_replicates}")
+    need = preset.seed_replicates - 1
+    out = []
+    for base, names in comp.seed_replicates.items():
+        if need > len(names):
+            raise RbsegError(f"preset '{preset.name}' asks for {preset.seed_replicates} runs of '{base}', but only "
+                             f"{len(names) + 1} are registered (training.recipes.REPLICATE_SEEDS)")
+        out += list(names)[:need]
+    return out
 
 
 def _miou(result_file: str | Path) -> float | None:
@@ -498,4 +537,5 @@ def default_components(log: Callable[[str], None] | None = None) -> Components:
         gduap_source=recipes.GDUAP_SOURCE, gduap_names=tuple(n for n, r in recipes.SHIPPED.items() if r.kind == "gd-uap"),
         surrogate_archs=tuple(surrogate.SURROGATE_ARCHS), stage2_from=dict(training.recipes.STAGE2_FROM),
         pretrain=pretrain,
+        seed_replicates={b: tuple(training.recipes.replicates_of(b)) for b in training.recipes.REPLICATED_METHODS},
     )

@@ -50,6 +50,8 @@ class Cell:
     n_images: int | None = None
     missing: Missing | None = None
     mark: str = ""  # a footnote mark shown after the number (e.g. the white-box mark of Table 4)
+    std: float | None = None  # sample std over seed replicates (value is then their mean; Table 1)
+    n_runs: int | None = None  # how many seeds ``value`` and ``std`` are over
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,7 @@ from :mod:`.spec`. A number whose input is missing shows ``n/a`` and the table l
 from __future__ import annotations
 
 import io
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from . import spec
 from .inputs import Cell, Missing, ResultIndex, group_missing
 
 MISSING = "n/a"
+PLUS_MINUS = "\u00b1"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class Table:
 def format_cell(cell: Cell, kind: str, marks: bool = True) -> str:
     if cell.value is None:
         return MISSING
-    return (str(int(cell.value)) if kind == "count" else f"{cell.value:.1f}") + (cell.mark if marks else "")
+    spread = f" {PLUS_MINUS} {cell.std:.1f}" if cell.std is not None else ""
+    return (str(int(cell.value)) if kind == "count" else f"{cell.value:.1f}{spread}") + (cell.mark if marks else "")
 
 
 def protocol_text(protocol: dict[str, list]) -> str:
@@ -124,6 +127,60 @@ def _segmix_note(index: ResultIndex) -> list[str]:
     return [f"No results for {', '.join(missing)} (IJCV's +CM): its row is left out."] if missing else []
 
 
+# --- seed replicates (issue 12) ----------------------------------------------------------------------
+
+def replicates(index: ResultIndex, model: str) -> list[str]:
+    """The seed replicates of ``model`` (training.recipes.SEED_REPLICATES) that the results hold, in seed order."""
+    from ..training.recipes import SEED_REPLICATES
+
+    present = set(index.models)
+    return [name for name, (base, _) in SEED_REPLICATES.items() if base == model and name in present]
+
+
+def seed_runs(index: ResultIndex, model: str, cell_of: Callable[[str], Cell]) -> list[float]:
+    """One number per seed: ``model``'s own run first, then each replicate's (runs without the number left out)."""
+    return [c.value for c in (cell_of(m) for m in [model, *replicates(index, model)]) if c.ok]
+
+
+def seed_std(index: ResultIndex, model: str, cell_of: Callable[[str], Cell]) -> tuple[float, int] | None:
+    """(sample std over the seeds, n) of one cell, or None with fewer than two runs."""
+    runs = seed_runs(index, model, cell_of)
+    return (statistics.stdev(runs), len(runs)) if len(runs) >= 2 else None
+
+
+def spread_notes(index: ResultIndex, table: Table, models: list[tuple[str, str]],
+                 cell_of: Callable[[str, str, int], Cell]) -> list[str]:
+    """The "> 2 std" note of Tables 1-4 (docs/reports.md "Seed replicates"): ``models`` = (block, model) of each
+    score row, in row order; ``cell_of(model, block, column)`` looks a cell up for any model (a replicate too).
+    For each column and each pair X (earlier row), Y (later row) of one block, d = Y - X (the values as shown);
+    s = the largest sample std over seeds of that cell among X and Y (those with at least two runs); the pair
+    is listed when |d| > 2 s. Empty when no row of the table has replicates (the table is then as before)."""
+    rows = [(k, r) for k, r in enumerate(table.rows) if r.kind == "score"]
+    std: dict[tuple[int, int], float] = {}
+    for (k, _), (block, model) in zip(rows, models):
+        for j in range(len(table.columns)):
+            got = seed_std(index, model, lambda m, block=block, j=j: cell_of(m, block, j))
+            if got is not None:
+                std[(k, j)] = got[0]
+    if not std:
+        return []
+    found = []
+    for j, column in enumerate(table.columns):
+        where = f"{column.flat_label}: " if len(table.columns) > 1 else ""
+        for a, ((ka, ra), (block_a, ma)) in enumerate(zip(rows, models)):
+            for (kb, rb), (block_b, mb) in list(zip(rows, models))[a + 1:]:
+                x, y = ra.cells[j], rb.cells[j]
+                sds = [std[k] for k in ((ka, j), (kb, j)) if k in std]
+                if block_a != block_b or not (x.ok and y.ok) or not sds:
+                    continue
+                d, s = y.value - x.value, max(sds)
+                if abs(d) > 2 * s:
+                    found.append(f"{where}{_label(mb)} vs {_label(ma)}: {d:+.1f} (> 2 std = {2 * s:.1f})")
+    head = ("Beyond seed noise (|difference| > 2 std over the training seeds of the replicated methods, "
+            "docs/reports.md): ")
+    return [head + ("; ".join(found) + "." if found else "none of the differences between the shown methods.")]
+
+
 def _count_row(index: ResultIndex, subsets: list[str], models: tuple[str, ...], split: str = "val") -> Row:
     cells = []
     for subset in subsets:
@@ -141,17 +198,31 @@ def _finish(table: Table, index: ResultIndex, keys: list[tuple[str, str, str]]) 
 
 def table1(index: ResultIndex) -> Table:
     """val mIoU of the four methods; a test block for the methods with test-split results."""
-    rows, keys = [], []
+    rows, keys, shown = [], [], []
     methods = main_methods(index)
     for split in spec.TABLE1_SPLITS:
         models = methods if split == "val" else [m for m in methods if index.get(m, "clean", split)]
         for model in models:
-            rows.append(Row(f"{split}/{model}", [split.capitalize(), _label(model)], [index.miou(model, "clean", split)], block=split))
-            keys.append((model, "clean", split))
+            cell = index.miou(model, "clean", split)
+            runs = seed_std(index, model, lambda m, split=split: index.miou(m, "clean", split))
+            if runs is not None:  # mean +- sample std over the seeds (the model's own run included)
+                values = seed_runs(index, model, lambda m, split=split: index.miou(m, "clean", split))
+                cell = Cell(statistics.fmean(values), cell.n_images, cell.missing, cell.mark, runs[0], runs[1])
+            rows.append(Row(f"{split}/{model}", [split.capitalize(), _label(model)], [cell], block=split))
+            keys += [(m, "clean", split) for m in [model, *(replicates(index, model) if runs else [])]]
+            shown.append((split, model))
     notes = ["Full split, no perturbation."] + _segmix_note(index)
     if not index.has_split("test"):
         notes.append("No test-split results: the test block is left out.")
-    return _finish(Table("table1", spec.TITLES["table1"], ["Split", "Method"], [Column("mIoU (%)")], rows, notes=notes), index, keys)
+    table = Table("table1", spec.TITLES["table1"], ["Split", "Method"], [Column("mIoU (%)")], rows, notes=notes)
+    if any(r.cells[0].std is not None for r in rows):
+        for row in rows:
+            c = row.cells[0]
+            row.stub[1] += f" (n={c.n_runs} seeds)" if c.std is not None else " (single run)"
+        notes.append(f"Rows with n seeds: mean {PLUS_MINUS} sample std (n - 1) of the mIoU over n training seeds (the zoo "
+                     "model and its seed replicates, training.recipes.SEED_REPLICATES); single run: one seed.")
+        notes += spread_notes(index, table, shown, lambda m, split, j: index.miou(m, "clean", split))
+    return _finish(table, index, keys)
 
 
 def table2(index: ResultIndex, split: str = "val") -> Table:
@@ -167,7 +238,10 @@ def table2(index: ResultIndex, split: str = "val") -> Table:
         "Number of Unique Objects: exactly k foreground classes. No perturbation."
     ]
     keys = [(m, "clean", split) for m in methods]
-    return _finish(Table("table2", spec.TITLES["table2"], ["Method"], columns, rows, notes=notes), index, keys)
+    table = Table("table2", spec.TITLES["table2"], ["Method"], columns, rows, notes=notes)
+    table.notes += spread_notes(index, table, [("", m) for m in methods],
+                                lambda m, _, j: index.miou(m, "clean", split, subsets[j]))
+    return _finish(table, index, keys)
 
 
 def table3(index: ResultIndex, split: str = "val") -> Table:
@@ -187,7 +261,10 @@ def table3(index: ResultIndex, split: str = "val") -> Table:
         "(co-occur with person) or exactly {c} (exclusive). No perturbation."
     ]
     keys = [(m, "clean", split) for m in methods]
-    return _finish(Table("table3", spec.TITLES["table3"], ["Method"], columns, rows, notes=notes), index, keys)
+    table = Table("table3", spec.TITLES["table3"], ["Method"], columns, rows, notes=notes)
+    table.notes += spread_notes(index, table, [("", m) for m in methods],
+                                lambda m, _, j: index.class_iou(m, VOC_CLASSES[subset_class(subsets[j])], subsets[j], "clean", split))
+    return _finish(table, index, keys)
 
 
 def _perturbation_columns() -> list[Column]:
@@ -307,7 +384,10 @@ def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | Non
                      + "; ".join(f"{n} ({why.removeprefix('not in Table 4: ')})" for n, why in inputs.left_out.items()) + ".")
     keys = [(m, p, split) for m in models for p in perts]
     title = spec.TITLES["table4"] if key == "table4" else spec.TITLES.get(key, key)
-    return _finish(Table(key, title, ["Method"], _perturbation_columns(), rows, notes=notes), index, keys)
+    table = Table(key, title, ["Method"], _perturbation_columns(), rows, notes=notes)
+    if key == "table4":
+        table.notes += spread_notes(index, table, [("", m) for m in models], lambda m, _, j: index.miou(m, perts[j], split))
+    return _finish(table, index, keys)
 
 
 def table5a(index: ResultIndex, split: str = "val") -> Table:
@@ -682,7 +762,8 @@ def to_latex(table: Table) -> str:
         row = table.rows[k]
         if k > 0 and row.block != table.rows[k - 1].block:
             lines.append(r"\hline")
-        escaped = [latex_escape(c) for c in cells[:n_stub]] + [c.replace(spec.WHITE_BOX_MARK, r"$^\dagger$") for c in cells[n_stub:]]
+        escaped = [latex_escape(c) for c in cells[:n_stub]] + [
+            c.replace(spec.WHITE_BOX_MARK, r"$^\dagger$").replace(PLUS_MINUS, r"$\pm$") for c in cells[n_stub:]]
         lines.append(" & ".join(escaped) + r" \\")
         if row.kind == "count":
             lines.append(r"\hline")
@@ -692,7 +773,7 @@ def to_latex(table: Table) -> str:
     lines += [
         r"\hline",
         r"\end{tabular}",
-        r"\caption{" + latex_escape(caption) + "}",
+        r"\caption{" + latex_escape(caption).replace(PLUS_MINUS, r"$\pm$") + "}",
         r"\label{tab:" + table.key + "}",
         r"\end{table}",
     ]

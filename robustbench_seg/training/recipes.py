@@ -56,7 +56,40 @@ TABLE11_RECIPES: dict[str, dict] = {
        for g in (2, 3, 4)},
     "segmix-maxinf": {"method": "binding", "blend": "cm", "denoise": False, "cm_over_limit": "none"},
 }
-RECIPES: dict[str, dict] = {**ZOO_RECIPES, **SOURCE_RECIPES, **TABLE11_RECIPES}
+# Seed replicates (issue 12): the methods whose seed-to-seed spread the report measures, each trained again with
+# other training seeds by `rbseg reproduce` (a preset's ``seed_replicates``: 3 = the zoo model, seed 0, plus the
+# first two replicates). A replicate differs from its base recipe only by ``seed``; a stage-2 base (STAGE2_FROM)
+# gets its own stage-1 replicate with the same seed. Seeds start at 2: seed 1 is the gduap-source recipe
+# (the baseline with seed 1), which must stay a model no evaluated row equals.
+REPLICATED_METHODS: tuple[str, ...] = ("baseline", "binding", "segmix")
+REPLICATE_SEEDS: tuple[int, ...] = (2, 3)
+
+
+def replicate_name(base: str, seed: int) -> str:
+    return f"{base}-seed{seed}"
+
+
+# replicate name -> (base recipe, seed), stage-1 chains included (binding-no-denoise-seed2, ...)
+SEED_REPLICATES: dict[str, tuple[str, int]] = {
+    replicate_name(b, seed): (b, seed)
+    for base in REPLICATED_METHODS for seed in REPLICATE_SEEDS
+    for b in ((STAGE2_FROM[base], base) if base in STAGE2_FROM else (base,))
+}
+REPLICATE_RECIPES: dict[str, dict] = {name: {**ZOO_RECIPES[base], "seed": seed} for name, (base, seed) in SEED_REPLICATES.items()}
+STAGE2_FROM.update({name: replicate_name(STAGE2_FROM[base], seed)
+                    for name, (base, seed) in SEED_REPLICATES.items() if base in STAGE2_FROM})
+REPLICATE_DESCRIPTIONS: dict[str, str] = {
+    name: f"seed replicate of '{base}' (training seed {seed}; issue 12): Table 1's mean +- std, never a table row"
+    for name, (base, seed) in SEED_REPLICATES.items()}
+
+
+def replicates_of(base: str, n: int | None = None) -> list[str]:
+    """The replicate names of ``base`` (not its stage-1 chain), in seed order; the first ``n`` when given."""
+    names = [name for name, (b, _) in SEED_REPLICATES.items() if b == base]
+    return names if n is None else names[:n]
+
+
+RECIPES: dict[str, dict] = {**ZOO_RECIPES, **SOURCE_RECIPES, **TABLE11_RECIPES, **REPLICATE_RECIPES}
 
 _FLAGS = {"fbh": ("--fbh", "--no-fbh"), "denoise": ("--denoise", "--no-denoise")}
 
@@ -144,7 +177,7 @@ def export_to_zoo(name: str, ckpt: str | Path, models_dir: str | Path | None = N
     preset = training.get("preset", "tiny")
     entry = {
         "name": name,
-        "description": ZOO_DESCRIPTIONS.get(name, SOURCE_DESCRIPTIONS.get(name, "")),
+        "description": ZOO_DESCRIPTIONS.get(name, SOURCE_DESCRIPTIONS.get(name, REPLICATE_DESCRIPTIONS.get(name, ""))),
         "file": path.name,
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,

@@ -193,12 +193,11 @@ def main(argv=None) -> int:
     cm = next((r for r in rows if r["config"] == "segmix"), None)
     if cm and binding:
         report["cm_over_cfb_step_time"] = cm["step_ms"] / binding["step_ms"]
-    try:
-        import os
+    import common  # benchmarks/common.py; imported here, like torch, to keep --help light
 
-        report["load_average"] = list(os.getloadavg())  # a shared machine: other jobs' load at the end of the run
-    except OSError:
-        pass
+    load = common.load_average()  # a shared machine: other jobs' load at the end of the run
+    if load is not None:
+        report["load_average"] = load
 
     from rich.console import Console
     from rich.table import Table
@@ -211,8 +210,6 @@ def main(argv=None) -> int:
         ratio = "-" if r["time_vs_baseline"] is None else f"{r['time_vs_baseline']:.2f}"
         table.add_row(r["config"], f"{r['images_per_s']:.1f}", f"{r['step_ms']:.1f}", f"{r['peak_memory_mb']:.0f}", ratio)
     Console().print(table)
-    import common  # benchmarks/common.py; imported here, like torch, to keep --help light
-
     out = common.write_json(args.out, report)
     print(f"wrote {out}")
     return 0

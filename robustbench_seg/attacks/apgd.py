@@ -105,14 +105,12 @@ def apgd_linf(
     loss_steps = torch.zeros(n_iter, n, dtype=tracked.dtype, device=x.device)
     loss_best_last = loss_best.clone()
     reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
-    k = max(int(0.22 * n_iter), 1)
-    n_min, decr = max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
-    counter = 0
     x_adv_old = x_adv
-    # the loss-history rows each checkpoint compares, built once (no host-to-device copy in the loop)
-    history: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    # per checkpoint: its interval length and the loss-history rows it compares, built once (no
+    # host-to-device copy in the loop)
+    history: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
     for i, span in checkpoint_spans(n_iter):
-        history[i] = (torch.tensor([(i - c) % n_iter for c in range(span)], device=x.device),
+        history[i] = (span, torch.tensor([(i - c) % n_iter for c in range(span)], device=x.device),
                       torch.tensor([(i - c - 1) % n_iter for c in range(span)], device=x.device))
     for i in range(n_iter):
         grad2 = x_adv - x_adv_old
@@ -135,9 +133,8 @@ def apgd_linf(
         x_best = torch.where(better.view(view), x_adv, x_best)
         grad_best = torch.where(better.view(view), grad, grad_best)
         loss_best = torch.where(better, tracked, loss_best)
-        counter += 1
-        if counter == k:
-            rows, prev = history[i]
+        if i in history:
+            k, rows, prev = history[i]
             rises = (loss_steps[rows] > loss_steps[prev]).sum(0)
             oscillating = rises <= k * rho
             no_improvement = (~reduced_last) & (loss_best_last >= loss_best)
@@ -147,8 +144,6 @@ def apgd_linf(
             step = torch.where(reduce.view(view), step / 2.0, step)
             x_adv = torch.where(reduce.view(view), x_best, x_adv)
             grad = torch.where(reduce.view(view), grad_best, grad)
-            counter = 0
-            k = max(k - decr, n_min)
     return x_best_adv, acc
 
 

@@ -127,6 +127,14 @@ def _channel_order(channels: str, src: Path) -> str:
     return channels
 
 
+def _to_rgb(chw: np.ndarray, channels: str) -> tuple[np.ndarray, str, dict[str, str]]:
+    """(C, H, W) in the file's channel order -> (contiguous RGB array, the file's channel index in
+    the formula, the conversion record's channel fields)."""
+    bgr = channels == "bgr"
+    return (np.ascontiguousarray(chw[::-1] if bgr else chw), "2 - c" if bgr else "c",
+            {"channel_order": channels, "channels": "BGR -> RGB (flipped)" if bgr else "RGB (kept)"})
+
+
 def _load_npy_plain(src: Path) -> np.ndarray:
     """``np.load(allow_pickle=False)``; an object (pickled) array is refused, never unpickled."""
     if not src.is_file():
@@ -171,18 +179,15 @@ def read_lts4_mat(src: Path, axes: str = "whc", scale: float = 255.0, xi: float 
     scaled, mult = _finite_and_scaled(r, src, scale)
     # whc: r[x, y, c] -> out[c, y, x]; hwc: r[y, x, c] -> out[c, y, x]
     perm = (2, 1, 0) if axes == "whc" else (2, 0, 1)
-    chw = np.transpose(scaled, perm)
-    out = np.ascontiguousarray(chw[::-1] if channels == "bgr" else chw)
+    out, cc, channel_record = _to_rgb(np.transpose(scaled, perm), channels)
     _check_range(out, src, xi, scale, allow_any_magnitude)
-    cc = "2 - c" if channels == "bgr" else "c"
     formula = f"out[c, y, x] = r[x, y, {cc}]" if axes == "whc" else f"out[c, y, x] = r[y, x, {cc}]"
     if mult != 1.0:
         formula += f" * {mult:g}"
     return Converted(
         out,
         {"variable": variable, "source_shape": list(r.shape), "source_dtype": str(r.dtype), "axes": axes,
-         "transpose": list(perm), "channel_order": channels,
-         "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)", "multiplier": mult, "formula": formula},
+         "transpose": list(perm), **channel_record, "multiplier": mult, "formula": formula},
         method="uap",
     )
 
@@ -225,9 +230,8 @@ def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: floa
         raise PerturbationError(f"--axes for gduap-npy must be auto, nhwc or nchw, got {axes}", src)
     scaled, mult = _finite_and_scaled(a3, src, scale)
     chw = np.transpose(scaled, (2, 0, 1)) if layout == "nhwc" else scaled
-    out = np.ascontiguousarray(chw[::-1] if channels == "bgr" else chw)  # BGR -> RGB
+    out, cc, channel_record = _to_rgb(chw, channels)
     _check_range(out, src, xi, scale, allow_any_magnitude)
-    cc = "2 - c" if channels == "bgr" else "c"
     idx = f"a[0, y, x, {cc}]" if layout == "nhwc" else f"a[0, {cc}, y, x]"
     if not batch:
         idx = idx.replace("a[0, ", "a[")
@@ -236,8 +240,7 @@ def read_gduap_npy(src: Path, axes: str = "auto", scale: float = 255.0, xi: floa
     return Converted(
         out,
         {"source_shape": list(shape), "source_dtype": str(a.dtype), "layout": layout.upper(),
-         "layout_detected": axes == "auto", "channel_order": channels,
-         "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)", "multiplier": mult,
+         "layout_detected": axes == "auto", **channel_record, "multiplier": mult,
          "formula": formula, "variant": "segmentation (513 canvas)" if segmentation else "classification"},
         method="gd-uap",
         recommended_fit="crop" if segmentation else None,
@@ -263,15 +266,13 @@ def read_torch_chw(src: Path, axes: str = "auto", scale: float = 1.0, xi: float 
     if axes not in ("auto", "nchw", "chw"):
         raise PerturbationError(f"--axes for torch-chw must be auto (NCHW or CHW), got {axes}", src)
     out, mult = _finite_and_scaled(a3, src, scale)
-    out = np.ascontiguousarray(out[::-1] if channels == "bgr" else out)
+    out, cc, channel_record = _to_rgb(out, channels)
     _check_range(out, src, xi, scale, allow_any_magnitude)
-    cc = "2 - c" if channels == "bgr" else "c"
     formula = (f"out[c, y, x] = a[0, {cc}, y, x]" if batch else f"out[c, y, x] = a[{cc}, y, x]") + (f" * {mult:g}" if mult != 1.0 else "")
     return Converted(
         out,
         {"source_shape": list(shape), "source_dtype": str(a.dtype), "layout": "NCHW" if batch else "CHW",
-         "channel_order": channels, "channels": "BGR -> RGB (flipped)" if channels == "bgr" else "RGB (kept)",
-         "multiplier": mult, "formula": formula},
+         **channel_record, "multiplier": mult, "formula": formula},
         method="imported",
     )
 

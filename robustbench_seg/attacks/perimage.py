@@ -31,7 +31,7 @@ import torch
 from ..constants import IGNORE_INDEX, NUM_CLASSES
 from ..errors import RbsegError
 from . import losses as L
-from .apgd import reduced_eps_apgd
+from .apgd import reduced_eps_apgd, value_and_grad
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -158,15 +158,12 @@ def _pgd_loop(pixel_loss, spec: AttackSpec, forward: Forward, x: torch.Tensor, t
     """PGD with a per-pixel loss ``pixel_loss(logits, target, t, T)``; the objective is the sum
     over images of the per-pixel loss summed over the image / (H * W)."""
     steps, eps, alpha = spec.steps, float(spec.eps), float(spec.params["step_size"])
-    hw = x.shape[-2] * x.shape[-1]
     cast = _autocast_dtype(spec.params)
     x_adv = x_start
     for t in range(steps):
-        xr = x_adv.detach().requires_grad_(True)
-        with torch.autocast(device_type=xr.device.type, dtype=cast or torch.float32, enabled=cast is not None):
-            logits = forward(xr)
-        objective = pixel_loss(logits.float(), target, t, steps).sum() / hw
-        grad = torch.autograd.grad(objective, xr)[0]
+        _, _, grad = value_and_grad(forward, x_adv, target,
+                                    lambda logits, tgt, t=t: L.image_mean(pixel_loss(logits, tgt, t, steps)),
+                                    autocast_dtype=cast)
         x_adv = pgd_step(x_adv, grad, x, eps, alpha)
     return x_adv
 

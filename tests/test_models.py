@@ -1,7 +1,6 @@
 """Architectures, the feature-binding network (Eq. 2), checkpoints, load_model and the zoo."""
 from __future__ import annotations
 
-import textwrap
 import urllib.error
 
 import pytest
@@ -16,6 +15,7 @@ from robustbench_seg.models import build_model, list_archs, load_model, model_co
 from robustbench_seg.models.binding import FeatureBindingNet
 from robustbench_seg.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, state_sha256
 from robustbench_seg.models.zoo import load_zoo, zoo_checkpoint
+from usermodels import USER_MODULE
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,27 +161,6 @@ def test_unknown_spec_is_a_one_line_error():
 # ---------------------------------------------------------------------------------------------
 # module:function
 # ---------------------------------------------------------------------------------------------
-
-
-USER_MODULE = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Conv2d(3, 4, 1)
-            self.head = nn.Conv2d(4, 21, 1)
-
-        def forward(self, x):
-            return {"out": self.head(self.backbone(x))}
-
-    def build():
-        return Tiny()
-
-    def not_a_model():
-        return 42
-''')
 
 
 def test_load_model_module_function(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ info, and ``zoo list``/``zoo verify`` with a missing ``--models-dir``."""
 from __future__ import annotations
 
 import sys
-import textwrap
 import uuid
 
 import pytest
@@ -14,31 +13,9 @@ from robustbench_seg.errors import RbsegError
 from robustbench_seg.models import build_model, load_model, model_config
 from robustbench_seg.models.checkpoint import make_checkpoint, save_checkpoint
 from robustbench_seg.models.loading import ModelBuildError
+from usermodels import USER_MODULE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-GOOD = textwrap.dedent("""
-    import torch
-    from torch import nn
-
-
-    class Seg(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = nn.Conv2d(3, 4, 1)
-            self.head = nn.Conv2d(4, 21, 1)
-
-        def forward(self, x):
-            return {"out": self.head(self.backbone(x))}
-
-
-    def build():
-        return Seg()
-
-
-    def broken():
-        raise ValueError("width must be even, got 7")
-""")
 
 
 def _module_name() -> str:
@@ -47,7 +24,7 @@ def _module_name() -> str:
 
 def test_builder_that_raises_is_one_line_naming_the_spec(tmp_path, monkeypatch):
     name = _module_name()
-    (tmp_path / f"{name}.py").write_text(GOOD)
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelBuildError) as exc:
         load_model(f"{name}:broken")
@@ -67,7 +44,7 @@ def test_module_that_raises_on_import_is_one_line(tmp_path, monkeypatch):
 
 def test_module_in_the_current_folder_is_found_without_pythonpath(tmp_path, monkeypatch):
     name = _module_name()
-    (tmp_path / f"{name}.py").write_text(GOOD)
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     path_before = list(sys.path)
@@ -82,7 +59,7 @@ def test_module_in_the_current_folder_is_found_without_pythonpath(tmp_path, monk
 
 def test_builder_failure_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys, synth_micro_root):
     name = _module_name()
-    (tmp_path / f"{name}.py").write_text(GOOD)
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
     rc = main(["evaluate", "--model", f"{name}:broken", "--data", str(synth_micro_root), "--perturbations", "none",
                "--subsets", "none", "--out", str(tmp_path / "results")])

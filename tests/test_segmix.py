@@ -14,19 +14,13 @@ from robustbench_seg.io import ids_hash
 from robustbench_seg.models import read_checkpoint
 from robustbench_seg.training import TrainConfig, cooccurrence as co, methods, resolve_config, train, trainer
 from robustbench_seg.training.samplers import PlainSampler, epoch_batches
+from trainhelpers import cfg, killed_at as _killed_at, states_equal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = dict(preset="tiny", crop=32, batch_size=4, val_split=None, progress=False, num_workers=0, checkpoint_every=None)
 PERSON, MBIKE, HORSE = 15, 14, 13
 
 
-def cfg(root, out, **kw) -> TrainConfig:
-    return TrainConfig(data=str(root), out=str(out), **{**FAST, "steps": 2, **kw})
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- C_ss, scores, partners, delta: hand-computed --------------------------------------------------
@@ -218,18 +212,6 @@ def test_torchrun_ddp_cm_two_processes(synth_micro_root, tmp_path):
 
 
 # --- training runs ------------------------------------------------------------------------------------
-
-def _killed_at(monkeypatch, stage: str, step: int):
-    class Killed(Exception):
-        pass
-
-    def hook(stage_name, gstep):
-        if stage_name == stage and gstep == step:
-            raise Killed
-
-    monkeypatch.setattr(trainer, "AFTER_STEP", hook)
-    return Killed
-
 
 def test_cm_run_records_its_options_and_resumes_bit_identically(synth_micro_root, tmp_path, monkeypatch):
     opts = dict(method="binding", blend="cm", steps=6, stage2_steps=2, checkpoint_every=2, fbh_hidden=8, alpha=0.4)

@@ -16,32 +16,16 @@ from robustbench_seg.errors import DataError, RbsegError
 from robustbench_seg.models import load_model, read_checkpoint
 from robustbench_seg.models import checkpoint as ckpt_mod
 from robustbench_seg.models.checkpoint import checkpoint_finished
-from robustbench_seg.training import TrainConfig, TrainingError, resolve_config, train
+from robustbench_seg.training import TrainingError, resolve_config, train
 from robustbench_seg.training import preflight as preflight_mod
 from robustbench_seg.training import trainer
 from robustbench_seg.training.record import RECORD_FORMAT, recorded_config, resolve_runtime
+from trainhelpers import cfg, killed_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = dict(preset="tiny", crop=32, batch_size=4, val_split=None, progress=False, num_workers=0, checkpoint_every=None)
 BINDING_ONLY = {"blend", "delta_range", "delta", "pairs_per_image", "pairs_resample", "fbh", "fbh_hidden", "denoise",
                 "stage2_from", "stage2_lr", "stage2_steps", "stage2_epochs", "ppa_eps", "stage1"}
-
-
-def cfg(root, out, **kw) -> TrainConfig:
-    return TrainConfig(data=str(root), out=str(out), **{**FAST, "steps": 2, **kw})
-
-
-def _killed_at(monkeypatch, step: int, stage: str | None = None):
-    class Killed(Exception):
-        pass
-
-    def hook(stage_name, gstep):
-        if gstep == step and stage in (None, stage_name):
-            raise Killed
-
-    monkeypatch.setattr(trainer, "AFTER_STEP", hook)
-    return Killed
 
 
 @pytest.fixture
@@ -105,7 +89,7 @@ def test_old_style_checkpoint_still_loads_and_resumes(synth_micro_root, tmp_path
     """Checkpoints written before the record (full TrainConfig in ``training``, no ``finished`` key,
     no ``resume.options``, no world size) load with the right ``finished`` and resume."""
     c = cfg(synth_micro_root, tmp_path / "old.pt", method="baseline", steps=4, checkpoint_every=2)
-    with pytest.raises(_killed_at(monkeypatch, 3)):
+    with pytest.raises(killed_at(monkeypatch, None, 3)):
         train(c)
     ck = read_checkpoint(c.out)
     ck["training"] = resolve_config(c).to_dict()
@@ -140,7 +124,7 @@ def test_shipped_zoo_keeps_its_old_records():
 
 def test_resume_under_another_world_size_is_refused(synth_micro_root, tmp_path, monkeypatch, capsys):
     c = cfg(synth_micro_root, tmp_path / "w.pt", method="baseline", steps=6, checkpoint_every=2)
-    with pytest.raises(_killed_at(monkeypatch, 3)):
+    with pytest.raises(killed_at(monkeypatch, None, 3)):
         train(c)
     ck = read_checkpoint(c.out)
     assert ck["progress"]["world_size"] == 1 and ck["training"]["world_size"] == 1
@@ -210,7 +194,7 @@ def test_finished_is_false_until_the_last_step(synth_micro_root, tmp_path, monke
     seen = []
     real = ckpt_mod.atomic_torch_save
     monkeypatch.setattr(ckpt_mod, "atomic_torch_save", lambda path, obj: (seen.append(obj["finished"]), real(path, obj))[1])
-    with pytest.raises(_killed_at(monkeypatch, 1, "stage2")):
+    with pytest.raises(killed_at(monkeypatch, "stage2", 1)):
         train(c)
     assert seen and not any(seen)  # every checkpoint so far says unfinished
     _, info = load_model(c.out)
@@ -277,7 +261,7 @@ def test_preflight_is_cached_by_file_signature(own_tree):
 def test_resume_after_a_data_fix_needs_accept_data_change_and_is_recorded(own_tree, tmp_path, monkeypatch, capsys):
     opts = dict(method="baseline", steps=6, checkpoint_every=2)
     out = tmp_path / "d.pt"
-    with pytest.raises(_killed_at(monkeypatch, 3)):
+    with pytest.raises(killed_at(monkeypatch, None, 3)):
         train(cfg(own_tree, out, **opts))
     old_fp = read_checkpoint(out)["dataset"]["fingerprint"]
     # "fix" a training image: same picture, re-encoded (another size, so another fingerprint)

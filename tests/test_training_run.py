@@ -9,20 +9,11 @@ from robustbench_seg.errors import RbsegError
 from robustbench_seg.models import load_model, read_checkpoint
 from robustbench_seg.training import TrainConfig, TrainingError, train
 from robustbench_seg.training import methods, trainer
+from trainhelpers import cfg, killed_at as _killed_at, states_equal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-FAST = dict(preset="tiny", crop=32, batch_size=4, val_split=None, progress=False, num_workers=0, checkpoint_every=None)
-
-
-def cfg(root, out, **kw) -> TrainConfig:
-    opts = {**FAST, "steps": 2, **kw}
-    return TrainConfig(data=str(root), out=str(out), **opts)
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("method", ["baseline", "mixup", "cutmix", "binding"])
@@ -69,18 +60,6 @@ def test_stage2_from_runs_only_denoising_with_the_fbh_frozen(synth_micro_root, t
     fbh = [k for k in a["state_dict"] if k.startswith("fbh.")]
     assert fbh and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in fbh)  # frozen: no SGD, no decay
     assert not torch.equal(a["state_dict"]["phantom.4.weight"], b["state_dict"]["phantom.4.weight"])
-
-
-def _killed_at(monkeypatch, stage: str, step: int):
-    class Killed(Exception):
-        pass
-
-    def hook(stage_name, gstep):
-        if stage_name == stage and gstep == step:
-            raise Killed
-
-    monkeypatch.setattr(trainer, "AFTER_STEP", hook)
-    return Killed
 
 
 def test_kill_and_resume_gives_bit_identical_weights(synth_micro_root, tmp_path, monkeypatch):

@@ -304,6 +304,15 @@ def _xml_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def check_files(root: Path, image_id: str, mask_folder: str) -> list[Problem]:
+    """The per-file checks of one id (the training pre-flight's): the image decodes completely and
+    its mask in ``mask_folder`` is an index PNG of the image's size holding valid labels."""
+    checker = _Checker(Path(root), strict_sizes=False)
+    checker.check_image(image_id)
+    checker.check_mask(image_id, mask_folder)
+    return checker.report.problems
+
+
 def check_tree(root: str | Path, strict_sizes: bool = False, progress: bool = False) -> CheckReport:
     """Validate the VOC tree at ``root``; the report lists every problem (and non-failing warnings)."""
     return _Checker(voc.resolve_root(root), strict_sizes).run(progress)

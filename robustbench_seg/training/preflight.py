@@ -1,7 +1,7 @@
 """Pre-flight check of the training data: every image and mask decodes and is valid before step 1.
 
 A corrupt file found at step 4,000 costs the work before it; found here it costs nothing. The
-checks are ``rbseg data check``'s own per-file ones (``data.check``: the image decodes completely,
+checks are ``rbseg data check``'s own per-file ones (``data.check.check_files``: the image decodes completely,
 the mask is an index PNG of the image's size holding labels 0-20 and 255). Files that passed are
 cached by signature (path, size, mtime) in ``cache_dir()/preflight/``, so a re-run checks only what
 changed (a fixed file is checked again, an unchanged tree costs a few stat calls).
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import voc
-from ..data.check import _Checker
+from ..data.check import Problem, check_files
 from ..errors import DataError
 from ..io import atomic_write_json, read_json
 from ..paths import cache_dir
@@ -59,7 +59,7 @@ def preflight(root: str | Path, split: str, ids: Sequence[str], progress: bool =
     folder = voc.mask_folder(split)
     cpath = cache_path(root, split)
     cached = _load_cache(cpath)
-    checker = _Checker(root, strict_sizes=False)
+    problems: list[Problem] = []
     ok: dict[str, list] = {}
     todo = []
     for image_id in dict.fromkeys(ids):
@@ -71,17 +71,15 @@ def preflight(root: str | Path, split: str, ids: Sequence[str], progress: bool =
     n_cached = len(ok)
     for image_id, sig in track(todo, description=f"checking {split} data", disable=not progress or not todo,
                                transient=True, console=Console(stderr=True)):
-        before = len(checker.report.problems)
-        checker.check_image(image_id)
-        checker.check_mask(image_id, folder)
-        if len(checker.report.problems) == before and sig[0] is not None and sig[1] is not None:
+        found = check_files(root, image_id, folder)
+        problems += found
+        if not found and sig[0] is not None and sig[1] is not None:
             ok[image_id] = sig[0] + sig[1]
     if todo:
         try:
             atomic_write_json(cpath, {"version": CACHE_VERSION, "root": str(root), "mask_folder": folder, "ok": ok})
         except OSError:
             pass  # an unwritable cache only costs a re-check next time
-    problems = checker.report.problems
     if problems:
         shown = "; ".join(f"{p.file}: {p.problem}" for p in problems[:SHOWN])
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""

@@ -118,6 +118,17 @@ def test_a_corruption_returning_a_wrong_shape_is_one_line(corruptions, monkeypat
         inp.produce(torch.zeros(1, 3, 4, 4), None, BatchContext(None, torch.tensor([0]), 1, ["x"]))
 
 
+def test_a_corruption_returning_non_finite_pixels_is_refused_and_worker_images_pass(corruptions, monkeypatch):
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, name, severity, seeds: torch.full_like(x, float("nan")))
+    inp = CorruptionInput("brightness", 1)
+    with pytest.raises(RbsegError, match="corruption 'corruption-brightness-s1' returned non-finite pixels"):
+        inp.produce(torch.zeros(1, 3, 4, 4), None, BatchContext(None, torch.tensor([0]), 1, ["x"]))
+    # an image the decoding workers made (uint8) is used as it is, clamped to [0, 255]
+    made = torch.full((1, 3, 4, 4), 200, dtype=torch.uint8)
+    ctx = BatchContext(None, torch.tensor([0]), 1, ["x"], {inp.name: made})
+    assert torch.equal(inp.produce(torch.zeros(1, 3, 4, 4), None, ctx), made.float())
+
+
 def test_corruption_names_and_severities_are_validated(corruptions):
     assert engine.resolve_corruptions(None) == []
     assert engine.resolve_corruptions("brightness", "1-2") == [("brightness", 1), ("brightness", 2)]

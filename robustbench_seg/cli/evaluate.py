@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from ..attacks.apply import DEFAULT_FIT, FitMode
-from .common import add_data_arg, add_device_arg, console, debug_tracebacks, finish_command, one_line_warnings, print_json
+from .common import add_data_arg, add_device_arg, console, finish_command, print_json
 
 
 def register(subparsers) -> None:
@@ -116,19 +116,18 @@ def run(args: argparse.Namespace) -> int:
     wanted_subsets = subset_names(args.subsets)  # bad names fail before any model loads
     probe_writable(args.out, "results folder")
     all_records = []
-    with one_line_warnings(), debug_tracebacks(args):
-        for spec in specs:
-            records = evaluate(
-                spec, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
-                fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json,
-                force=args.force, allow_any_magnitude=args.allow_any_magnitude, attacks=args.attacks, eps=args.eps,
-                steps=args.steps, attack_preset=args.attack_preset, attack_dtype=args.attack_dtype,
-                corruptions=args.corruptions, severities=args.severities, corruption_seed=args.corruption_seed,
-            )
-            all_records += records
-            if not args.json and writer:
-                show_model(args, records, wanted_subsets)
+    for spec in specs:
+        records = evaluate(
+            spec, data_root=args.data, split=args.split, perturbations=args.perturbations, subsets=args.subsets,
+            fit=args.fit, clip=not args.no_clip, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            out=args.out, weights=args.weights, num_workers=args.workers, progress=not args.json,
+            force=args.force, allow_any_magnitude=args.allow_any_magnitude, attacks=args.attacks, eps=args.eps,
+            steps=args.steps, attack_preset=args.attack_preset, attack_dtype=args.attack_dtype,
+            corruptions=args.corruptions, severities=args.severities, corruption_seed=args.corruption_seed,
+        )
+        all_records += records
+        if not args.json and writer:
+            show_model(args, records, wanted_subsets)
     if args.json and writer:
         print_json([r.to_dict() for r in all_records])
     return 0

@@ -47,16 +47,11 @@ def run(args: argparse.Namespace) -> int:
         paths = folder_images(args.images)
     else:
         paths = split_images(args.data, args.split or ("test" if args.voc_submission else "val"))
-    from ..io import probe_writable
-    from .common import debug_tracebacks, one_line_warnings
-
-    probe_writable(args.out, "output folder")
-    with one_line_warnings(), debug_tracebacks(args):
-        summary = predict_images(
-            args.model, paths, args.out, confidence=args.confidence, voc_submission=args.voc_submission,
-            batch_size=args.batch_size, device=args.device, dtype=args.dtype, weights=args.weights,
-            num_workers=args.workers, progress=not args.json,
-        )
+    summary = predict_images(
+        args.model, paths, args.out, confidence=args.confidence, voc_submission=args.voc_submission,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, weights=args.weights,
+        num_workers=args.workers, progress=not args.json,
+    )
     if args.json:
         print_json(summary.to_dict())
         return 0

@@ -36,16 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import build_report
     from ..reports.build import check_report_out
     from ..reports.inputs import load_result_index
-    from .common import one_line_warnings
 
     index = load_result_index(args.results, dataset=args.dataset)  # a missing results folder fails first
     check_report_out(args.out, overwrite=args.overwrite)
     log = None if args.json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    with one_line_warnings():
-        summary = build_report(
-            args.results, args.out, data_root=args.data, models_dir=args.models_dir, dataset=args.dataset,
-            qualitative=not args.no_qualitative, device=args.device, log=log, index=index,
-        )
+    summary = build_report(
+        args.results, args.out, data_root=args.data, models_dir=args.models_dir, dataset=args.dataset,
+        qualitative=not args.no_qualitative, device=args.device, log=log, index=index,
+    )
     if args.json:
         print_json(summary.to_json())
         return 0

@@ -387,8 +387,9 @@ class CorruptionInput(EvalInput):
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise RbsegError(f"corruption '{self.name}' returned {shape} for inputs {tuple(x.shape)}")
+        finite = not (out.dtype.is_floating_point or out.dtype.is_complex)  # the workers' uint8 images need no check (and no host sync)
         out = out.to(device=x.device, dtype=x.dtype)
-        if not bool(torch.isfinite(out).all()):
+        if not finite and not bool(torch.isfinite(out).all()):
             raise RbsegError(f"corruption '{self.name}' returned non-finite pixels (images {', '.join(ctx.image_ids()[:4])})")
         return out.clamp(0.0, 255.0)
 
@@ -428,6 +429,18 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def _ids_text(ids: Sequence[str], index: torch.Tensor, limit: int = 4) -> str:
     names = [ids[k] for k in index.tolist()]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def model_failure(model_label: str, exc: BaseException, batch_no: int, n_batches: int, ids: Sequence[str],
+                  index: torch.Tensor, producing: str | None = None) -> ModelFailure:
+    """A user model's own error as one line naming the model, the batch, its images and (when not
+    ``clean``) the input being made; the full traceback stays behind ``rbseg --debug``."""
+    return ModelFailure(
+        f"model '{model_label}' raised {type(exc).__name__} on batch {batch_no} of {n_batches} "
+        f"(images {_ids_text(ids, index)}"
+        + (f", while making input '{producing}'" if producing and producing != "clean" else "")
+        + f"): {_one_line(exc)} (full traceback: rbseg --debug)"
+    )
 
 
 def _non_finite_message(model_label: str, finite: torch.Tensor, ids: Sequence[str], index: torch.Tensor,
@@ -570,12 +583,7 @@ def run_pass(
                 except RbsegError:
                     raise
                 except Exception as exc:  # a user model's own error: one line naming the model and the batch
-                    raise ModelFailure(
-                        f"model '{model_label}' raised {type(exc).__name__} on batch {batch_no} of {len(batches)} "
-                        f"(images {_ids_text(ids, index)}"
-                        + (f", while making input '{producing}'" if producing and producing != "clean" else "")
-                        + f"): {_one_line(exc)} (full traceback: rbseg --debug)"
-                    ) from exc
+                    raise model_failure(model_label, exc, batch_no, len(batches), ids, index, producing) from exc
                 # non-finite logits would be scored silently (argmax of NaN is 0): one reduction per
                 # image on the device and one host synchronisation per batch
                 finite = torch.cat(finites)
@@ -585,10 +593,11 @@ def run_pass(
                 pred = torch.cat(preds)
                 per_image = batched_confusion_matrix(pred, target.repeat(n_p, 1, 1), validate=False)
                 # (index came pinned with the batch: no host synchronisation for it on CUDA)
-                counts = torch.einsum("sb,pbk->psk", member[:, index.to(device, non_blocking=True)],
+                index_dev = index.to(device, non_blocking=True)
+                counts = torch.einsum("sb,pbk->psk", member[:, index_dev],
                                       per_image.view(n_p, len(index), -1).double())
                 if keep:  # each image is written once (a re-run batch after a resume writes the same values)
-                    state.per_image[:, index.to(device)] = per_image.view(n_p, len(index), NUM_CLASSES, NUM_CLASSES)[keep].int()
+                    state.per_image[:, index_dev] = per_image.view(n_p, len(index), NUM_CLASSES, NUM_CLASSES)[keep].int()
                 # one assignment: an interruption leaves either the old or the new state, never half
                 state = PassState(state.cms + counts.round().long().view_as(state.cms), state.batches_done + 1,
                                   state.per_image)
@@ -1001,7 +1010,7 @@ def evaluate(
     for inp, pert_rec in inputs:
         path = store.result_path(out, model_rec["name"], pert_rec["name"], protocol)
         cached = None if force else store.cached_record(path, store.cache_key(model_rec, pert_rec, protocol), subset_hashes)
-        if cached is not None and inp.keep_per_image and not _per_image_ok(cached, path, ids):
+        if cached is not None and inp.keep_per_image and _stored_per_image(cached, path, ids) is None:
             cached = None  # an attack result whose statistics file is gone or damaged is recomputed
         if cached is not None:
             done[pert_rec["name"]] = cached
@@ -1193,12 +1202,14 @@ def corruption_inputs(pairs: Sequence[tuple[str, int]], seed: int = 0) -> list[t
     return out
 
 
-def _per_image_ok(record: store.ResultRecord, path: Path, ids: Sequence[str]) -> bool:
+def _stored_per_image(record: store.ResultRecord, path: Path, ids: Sequence[str]) -> np.ndarray | None:
+    """The record's per-image statistics when they belong to ``ids`` (loaded once), else None."""
     try:
         array = store.load_per_image(record, path)
     except RbsegError:
-        return False
-    return array.shape == (len(ids), NUM_CLASSES, NUM_CLASSES) and record.per_image.get("ids_sha256") == store.ordered_ids_sha256(ids)
+        return None
+    ok = array.shape == (len(ids), NUM_CLASSES, NUM_CLASSES) and record.per_image.get("ids_sha256") == store.ordered_ids_sha256(ids)
+    return array if ok else None
 
 
 def eps_text(eps: float) -> str:
@@ -1230,7 +1241,7 @@ def worst_cases(out, model_rec: dict, protocol: dict, ids: Sequence[str], subset
     if not folder.is_dir():
         return []
     subset_hashes = {name: ids_hash(s) for name, s in subset_ids.items()}
-    members: dict[float, list[tuple[store.ResultRecord, Path]]] = {}
+    members: dict[float, list[tuple[store.ResultRecord, np.ndarray]]] = {}
     for path in sorted(folder.glob("*.json")):
         try:
             rec = store.read_result(path)
@@ -1241,9 +1252,10 @@ def worst_cases(out, model_rec: dict, protocol: dict, ids: Sequence[str], subset
             continue
         if {k: rec.protocol.get(k) for k in store.KEY_PROTOCOL_FIELDS} != {k: protocol.get(k) for k in store.KEY_PROTOCOL_FIELDS}:
             continue
-        if not _per_image_ok(rec, path, ids):
+        stats = _stored_per_image(rec, path, ids)
+        if stats is None:
             continue
-        members.setdefault(float(pert["attack"]["eps"]), []).append((rec, path))
+        members.setdefault(float(pert["attack"]["eps"]), []).append((rec, stats))
     index_of = {image_id: k for k, image_id in enumerate(ids)}
     records = []
     for eps, group in sorted(members.items()):
@@ -1264,7 +1276,7 @@ def worst_cases(out, model_rec: dict, protocol: dict, ids: Sequence[str], subset
         if cached is not None:
             records.append(cached)
             continue
-        cms = np.stack([store.load_per_image(rec, p) for rec, p in group])  # (A, N, C, C)
+        cms = np.stack([stats for _, stats in group])  # (A, N, C, C), loaded and checked above
         subsets = {}
         for name, sub in subset_ids.items():
             cols = np.array([index_of[i] for i in sub], dtype=np.int64)

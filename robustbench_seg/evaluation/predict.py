@@ -27,9 +27,8 @@ from ..errors import DataError, RbsegError
 from ..io import atomic_write_bytes
 from ..io import probe_writable
 from .engine import (
-    EvalImages, EvaluationWarning, ModelFailure, NonFiniteLogits, _ids_text, _one_line, at_input_size, batch_loader,
-    default_num_workers, forward_outputs, image_size, progress_bar, resolve_device, resolve_dtype, resolve_model,
-    size_batches,
+    EvalImages, EvaluationWarning, NonFiniteLogits, _ids_text, at_input_size, batch_loader, default_num_workers,
+    forward_outputs, image_size, model_failure, progress_bar, resolve_device, resolve_dtype, resolve_model, size_batches,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -130,16 +129,11 @@ def predict_images(
                 except RbsegError:
                     raise
                 except Exception as exc:  # the model's own error: one line (traceback: rbseg --debug)
-                    raise ModelFailure(
-                        f"model '{label}' raised {type(exc).__name__} on batch {batch_no} of {len(batches)} "
-                        f"(images {_ids_text(names, index)}): {_one_line(exc)} (full traceback: rbseg --debug)"
-                    ) from exc
+                    raise model_failure(label, exc, batch_no, len(batches), names, index) from exc
                 finite = torch.isfinite(logits).flatten(1).all(1)
                 if not bool(finite.all()):
-                    bad = [names[int(index[b])] for b in (~finite.cpu()).nonzero().flatten().tolist()]
                     raise NonFiniteLogits(f"model '{label}' returned non-finite logits (NaN or inf) on batch {batch_no} "
-                                          f"of {len(batches)} (images {', '.join(bad[:4])}"
-                                          + (f" and {len(bad) - 4} more" if len(bad) > 4 else "") + ")")
+                                          f"of {len(batches)} (images {_ids_text(names, index[~finite.cpu()])})")
                 labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
                 conf = {}
                 if confidence:

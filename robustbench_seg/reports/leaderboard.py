@@ -54,7 +54,7 @@ def _attack_text(rec: dict | None, name: str) -> str:
 
 def leaderboard_cells(index: ResultIndex, model: str, split: str = "val") -> dict[str, tuple[Cell, dict]]:
     """{column name: (cell, protocol dict)} for one model (only the columns it has numbers for)."""
-    from ..evaluation.corruption_metrics import corruption_info, mean_corruption_miou, miou_grid
+    from ..evaluation.corruption_metrics import corruption_info, mean, mean_corruption_miou, miou_grid, severities
 
     out: dict[str, tuple[Cell, dict]] = {}
     clean = index.get(model, "clean", split)
@@ -63,11 +63,10 @@ def leaderboard_cells(index: ResultIndex, model: str, split: str = "val") -> dic
     recs = {k[1]: r for k, r in index.records.items() if k[0] == model and k[2] == split}
     universal = sorted(n for n, r in recs.items() if input_kind(r) == "perturbation")
     if universal:
-        values = [index.miou(model, n, split).value for n in universal]
-        values = [v for v in values if v is not None]
+        value = mean(index.miou(model, n, split).value for n in universal)
         proto = {**_base_protocol(recs[universal[0]]), "perturbations": universal}
-        cell = Cell(sum(values) / len(values) if values else None, None,
-                    None if values else Missing(f"model '{model}' on {split}", "no mIoU under", ", ".join(universal)))
+        cell = Cell(value, None,
+                    None if value is not None else Missing(f"model '{model}' on {split}", "no mIoU under", ", ".join(universal)))
         out["Universal (mean)"] = (cell, proto)
     for name, rec in recs.items():
         if input_kind(rec) != "worst":
@@ -82,7 +81,7 @@ def leaderboard_cells(index: ResultIndex, model: str, split: str = "val") -> dic
         grid = miou_grid(corr)
         infos = [corruption_info(r) for r in corr]
         proto = {**_base_protocol(corr[0]),
-                 "corruptions": sorted(grid), "severities": sorted({s for lv in grid.values() for s in lv}),
+                 "corruptions": sorted(grid), "severities": severities(grid),
                  "seed": sorted({int(i.get("seed", 0)) for i in infos if i}),
                  "version": sorted({str(i.get("version")) for i in infos if i})}
         value = mean_corruption_miou(grid)

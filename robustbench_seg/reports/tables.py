@@ -612,9 +612,11 @@ def corruption_table(index: ResultIndex, model: str, split: str | None = None,
     relative robustness (mean corrupted / clean mIoU) and the corruption degradation CD against
     ``reference`` (Kamann & Rother: sum_s (1 - mIoU) / sum_s (1 - mIoU_ref), in %); a last row holds
     the mean over corruptions per severity, the overall mean, its relative robustness and the mCD."""
+    from ..evaluation.corruption_metrics import severities
+
     split = split or index.corruption_split() or "val"
     summary, clean = _corruption_summary(index, model, split, "all", reference)
-    levels = sorted({s for lv in summary.grid.values() for s in lv})
+    levels = severities(summary.grid)
     columns = [Column(f"s{s}", "Severity", flat=f"severity {s}") for s in levels]
     columns += [Column("Mean"), Column("Rel. rob. (%)"), Column(f"CD vs {reference} (%)")]
     what = f"model '{model}' on {split}"

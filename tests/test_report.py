@@ -401,3 +401,23 @@ def test_report_end_to_end_with_the_engine_and_module_models(synth_micro_root, t
     assert "model 'baseline' on val: no result under uap-resnet, uap-googlenet, gduap-rno, gduap-rall, gduap-rpart" in by_key["table4"].missing
     assert by_key["extra_ooc"].missing == ["model 'baseline' on ooc: no clean result"]
     assert by_key["table1"].protocol["dataset"] == ["SynthVOC-micro"]
+
+
+def test_table4_reports_each_perturbations_fooling_rate_and_the_drop_on_every_row():
+    recs = [make_record("baseline", "clean", miou=50.0), make_record("binding", "clean", miou=45.0)]
+    for model, miou in (("baseline", 30.0), ("binding", 40.5)):
+        rec = make_record(model, "gduap-rall", miou=miou)
+        rec["perturbation"]["meta"].update(fooling_rate=0.61, fooling_rate_on="32 held-out train images")
+        recs.append(rec)
+    rec = make_record("baseline", "uap-resnet", miou=48.0)  # binding has no result under it: no drop shown
+    rec["perturbation"]["meta"].update(fooling_rate=0.59, fooling_rate_on="crafting set",
+                                       val_fooling_rate=0.4375, val_fooling_rate_on="64 crops of val")
+    recs.append(rec)
+    notes = tables.table4(ResultIndex.from_records(recs)).notes
+    # the UAP's held-out (val) figure, not its crafting-set one; the GD-UAP's own validation figure
+    assert ("Fooling rate of each perturbation on its own validation data, as recorded when it was crafted: "
+            "uap-resnet 0.438 (64 crops of val); gduap-rall 0.610 (32 held-out train images).") in notes
+    # drops: baseline 50 - 48 = 2.0 and 50 - 30 = 20.0; binding 45 - 40.5 = 4.5
+    assert ("mIoU drop (clean - perturbed, points) per row: DeepLabv3: UAP ResNet 2.0, GD-UAP R-All 20.0; "
+            "DeepLabv3 + Binding (CC): GD-UAP R-All 4.5.") in notes
+    assert tables.fooling_rate({"method": "uap"}) is None

@@ -165,3 +165,28 @@ def test_without_replicates_tables_1_to_4_are_unchanged():
         assert all(c.std is None for r in t.rows for c in r.cells)
         assert not [r for r in t.rows if "single run" in " ".join(r.stub)]
     assert json.dumps(tables.to_csv(tables.table1(index))).count("\\u00b1") == 0
+
+
+# --- the report's headline (reports/headline.py) ----------------------------------------------------
+
+def test_headline_sentences_are_computed_from_the_results():
+    from robustbench_seg.reports.headline import headline
+
+    records = [
+        _clean("baseline", 50.0, 40.0), _clean("baseline-seed2", 52.0, 41.0), _clean("baseline-seed3", 57.0, 42.0),
+        _clean("mixup", 55.0, 45.0), _clean("cutmix", 54.0, 40.5), _clean("binding", 60.0, 41.5),
+        make_record("baseline", "gduap-rall", "val", 30.0), make_record("mixup", "gduap-rall", "val", 45.0),
+        make_record("baseline-seed2", "gduap-rall", "val", 1.0),  # a replicate: not one of Table 4's rows
+    ]
+    clean, seed, attack, subsets = headline(ResultIndex.from_records(records))
+    # baseline 50, 52, 57: mean 53.0, sample std sqrt(13) = 3.61; the range over the 4 non-replicate models
+    assert clean == ("Clean val mIoU (Table 1): baseline 53.0 \u00b1 3.6 (n=3 seeds), mixup 55.0 (one seed), "
+                     "cutmix 54.0 (one seed), binding 60.0 (one seed); over all 4 evaluated models 50.0 (baseline) "
+                     "to 60.0 (binding).")
+    assert seed.startswith("Seed-to-seed sample std of the clean val mIoU: baseline 3.61 points;")
+    # drops: baseline 50 - 30 = 20, mixup 55 - 45 = 10 -> mean 15; the replicate's 51 is not counted
+    assert attack == ("Mean mIoU drop under each universal perturbation over 4 models (Table 4): "
+                      "gduap-rall 15.0 (range 10.0 to 20.0).")
+    # every clean record holds occ1 (20 images) only
+    assert subsets == "Subsets (Tables 2-3, Figure 4): 1 subsets of the val split, the smallest 'occ1' with 20 images."
+    assert headline(ResultIndex.from_records([make_record("x", "uap-resnet", "val", 3.0)])) == []

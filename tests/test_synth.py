@@ -350,8 +350,10 @@ def test_overwrite_replaces_tree(tmp_path):
 
 def test_default_dataset_generated_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("RBSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(synth.PRESETS, "tiny", synth.PRESETS["micro"])  # keep the test fast
-    stale = tmp_path / "cache" / "synthvoc-tiny-seed0" / "VOC2012"  # a cache from another version
+    assert synth.DEFAULT_PRESET == "bench"  # the shipped models' data
+    monkeypatch.setitem(synth.PRESETS, "bench", synth.PRESETS["micro"])  # keep the test fast
+    stale = tmp_path / "cache" / "synthvoc-bench-seed0" / "VOC2012"  # a cache from another version
+    assert synth.default_dataset_root() == stale
     (stale / "ImageSets" / "Segmentation").mkdir(parents=True)
     (stale / "ImageSets" / "Segmentation" / "ooc.txt").write_text("x\n")
     (stale / "synthvoc.json").write_text(json.dumps({"generator_version": "0"}))
@@ -366,4 +368,18 @@ def test_default_dataset_generated_once_and_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "generate", fail)
     assert synth.default_dataset() == root
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name != "synthvoc-tiny-seed0"]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name != "synthvoc-bench-seed0"]
+
+
+def test_synth_meta_is_the_one_reader_of_synthvoc_json(tmp_path):
+    from robustbench_seg.data.subsets import tree_asks_scaling
+    from robustbench_seg.evaluation.engine import dataset_name
+
+    assert voc.synth_meta(tmp_path) is None and dataset_name(tmp_path) == tmp_path.name  # real VOC: no file
+    (tmp_path / "synthvoc.json").write_text("{damaged")
+    assert voc.synth_meta(tmp_path) is None and not tree_asks_scaling(tmp_path)
+    (tmp_path / "synthvoc.json").write_text("[1, 2]")  # valid JSON, not an object
+    assert voc.synth_meta(tmp_path) is None
+    (tmp_path / "synthvoc.json").write_text(json.dumps({"dataset": "SynthVOC-bench", "cooc_threshold_scaling": True}))
+    assert voc.synth_meta(tmp_path)["dataset"] == "SynthVOC-bench"
+    assert dataset_name(tmp_path) == "SynthVOC-bench" and tree_asks_scaling(tmp_path)

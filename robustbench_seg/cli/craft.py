@@ -102,7 +102,7 @@ def register(subparsers) -> None:
                     "recipe (attacks/recipes.py) into --out-dir; the GD-UAPs are crafted on --source (gduap-source, a model "
                     "that is not evaluated).")
     p.add_argument("names", nargs="+", metavar="NAME", help="recipe names, or 'all'")
-    add_data_arg(p, required=False, help_text="VOC tree (default: the embedded SynthVOC tiny)")
+    add_data_arg(p, required=False, help_text="VOC tree (default: the embedded SynthVOC bench)")
     p.add_argument("--source", default="gduap-source", metavar="MODEL",
                    help="GD-UAP source model, a zoo name or checkpoint that is not an evaluated row "
                         "(default: gduap-source, trained by `rbseg reproduce`)")

@@ -18,7 +18,7 @@ def show_progress(args) -> bool:
 
     return not args.json and sys.stderr.isatty()
 
-SYNTH_PRESETS = ("micro", "tiny", "small", "large")
+SYNTH_PRESETS = ("micro", "tiny", "bench", "small", "large")
 
 
 def _split_list(text: str) -> list[str]:
@@ -64,7 +64,8 @@ def register(subparsers) -> None:
                        description="Write OUT/VOC2012/ in the VOC layout: JPEG images, palette masks, instance "
                                    "masks, Annotations XML, split lists (train, val, trainval, train_aug, ooc).")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (the tree goes to DIR/VOC2012/)")
-    p.add_argument("--preset", default="tiny", choices=SYNTH_PRESETS, help="dataset size (default: tiny)")
+    p.add_argument("--preset", default="bench", choices=SYNTH_PRESETS,
+                   help="dataset size (default: bench, the embedded benchmark)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0); same seed, same bytes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR/VOC2012/")
     finish_command(p, run_synth)

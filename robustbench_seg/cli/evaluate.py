@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                     "common corruption (--corruptions, --severities), on the "
                     "full split and every paper subset, in one pass over the data (torchrun shards the images). "
                     "Results go to OUT/<model>/<dataset>/<split>-<fit>-<clip>-<dtype>/<input>.json and are "
-                    "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC tiny "
+                    "reused on re-runs with the same protocol. With no --data: the embedded SynthVOC bench "
                     "benchmark (generated into the cache on first use).",
     )
     p.add_argument("--model", required=True, action="append", metavar="NAME|CKPT|MODULE:FUNCTION",
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                    help="state dict for a module:function model, or the weights file of a torchvision:NAME model "
                         "(loaded safely, weights only)")
     add_data_arg(p, required=False,
-                 help_text="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC tiny")
+                 help_text="VOC2012/ folder (real VOC or SynthVOC); default: the embedded SynthVOC bench")
     p.add_argument("--split", default="val", help="split to evaluate (default: val; 'ooc' on SynthVOC)")
     p.add_argument("--perturbations", default="all", metavar="all|none|NAME,...",
                    help="shipped perturbation names or .npy paths, 'all' (every shipped one) may be among them "

@@ -103,9 +103,9 @@ def _example_image(args):
     if args.data:
         roots.append(voc.resolve_root(args.data))
     else:
-        from ..paths import cache_dir
+        from ..data.synth import default_dataset_root
 
-        cached = cache_dir() / "synthvoc-tiny-seed0" / "VOC2012"
+        cached = default_dataset_root()
         if (cached / "JPEGImages").is_dir() and voc.split_file(cached, "val").is_file():
             roots.append(cached)
     for root in roots:

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--models-dir", default=None, metavar="DIR",
                    help="zoo folder (zoo.json) holding the evaluated models, e.g. a `rbseg reproduce` output's models/")
     p.add_argument("--dataset", default=None, metavar="NAME",
-                   help="report this dataset's results when the folder holds several (e.g. SynthVOC-tiny)")
+                   help="report this dataset's results when the folder holds several (e.g. SynthVOC-bench)")
     p.add_argument("--no-qualitative", action="store_true",
                    help="skip the figures that run models (Figures 2, 3, 5, 6)")
     p.add_argument("--device", default="cpu", help="device for the qualitative figures (default: cpu)")

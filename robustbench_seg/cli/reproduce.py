@@ -15,14 +15,16 @@ def register(subparsers) -> None:
     presets = "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
     p = subparsers.add_parser(
         "reproduce", help="run the whole pipeline: data, training, attacks, evaluation, report",
-        description="Reproduce the paper end to end: generate SynthVOC (unless --data), train the ten zoo models "
-                    "(baseline, mixup, cutmix, binding and the six ablations), export them to OUT/models, train the "
+        description="Reproduce the paper end to end: generate SynthVOC (unless --data), train the twelve zoo "
+                    "models (baseline, mixup, cutmix, binding and its six ablations, segmix, segmix-no-denoise), the "
+                    "GD-UAP source model and (bench) the seed replicates, export them to OUT/models, train the "
                     "two UAP surrogates, craft the five Table 4 perturbations into OUT/perturbations, evaluate every "
                     "model clean and under each perturbation on val (all subsets) and the baseline/binding on ooc, "
                     "write the report to OUT/reports and freeze OUT/reports/expected.json. With --out . in a "
                     f"checkout this regenerates what the suite ships. Presets: {presets}.",
     )
-    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="pipeline size (default: tiny)")
+    p.add_argument("--preset", default="bench", choices=list(PRESETS),
+                   help="pipeline size (default: bench, what the suite ships)")
     p.add_argument("--data", default=None, metavar="ROOT",
                    help="VOC2012/ folder to use instead of generating SynthVOC (required by --preset paper)")
     p.add_argument("--out", default="reproduce", metavar="DIR", help="output folder (default: ./reproduce)")

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                         description="Train zoo entry NAME with its recipe (resumes an interrupted run) and, with "
                                     "--export, write models/NAME.pt and its zoo.json entry.")
     tr.add_argument("name", help="zoo name (rbseg zoo list)")
-    add_data_arg(tr, required=False, help_text="VOC2012/ folder (default: the embedded SynthVOC tiny)")
+    add_data_arg(tr, required=False, help_text="VOC2012/ folder (default: the embedded SynthVOC bench)")
     tr.add_argument("--out", default="runs", metavar="DIR|CKPT", help="run folder (gets NAME.pt) or checkpoint path")
     tr.add_argument("--preset", default="tiny", help="training preset (tiny, bench, paper)")
     tr.add_argument("--weights-backbone", default=None, metavar="PATH",

@@ -132,15 +132,7 @@ def tree_asks_scaling(root: str | Path) -> bool:
     """A SynthVOC tree whose ``synthvoc.json`` asks for scaled thresholds (``cooc_threshold_scaling``:
     the ``bench`` preset and later ones; the legacy ``tiny``/``micro`` trees keep the paper's values
     until the shipped zoo is regenerated). Any other tree (real VOC): False."""
-    import json
-
-    meta = Path(root) / "synthvoc.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("cooc_threshold_scaling") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (voc.synth_meta(root) or {}).get("cooc_threshold_scaling") is True
 
 
 # --- reading the per-image facts from a tree ----------------------------------------------------

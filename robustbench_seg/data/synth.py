@@ -95,6 +95,7 @@ from PIL import Image
 
 from ..constants import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES
 from ..errors import RbsegError
+from . import voc
 from .voc import write_index_png
 
 GENERATOR_VERSION = "2"  # bump whenever the generated content changes (invalidates the cache)
@@ -132,14 +133,19 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("micro", 40, 24, 10, 56, 72, 5, 1, 1, "for tests: a few dozen 56-72 px images"),
-        Preset("tiny", 320, 140, 40, 64, 96, 6, 3, 2, "the embedded default: a few hundred 64-96 px images"),
+        Preset("tiny", 320, 140, 40, 64, 96, 6, 3, 2, "a few hundred 64-96 px images (the embedded default before bench)"),
         Preset("bench", 4000, 600, 120, 64, 96, 6, 20, 2,
-               "the embedded benchmark: 4,000 train_aug / 600 val (>= 20 images in every paper subset) / 120 ooc, 64-96 px",
+               "the embedded benchmark and default: 4,000 train_aug / 600 val (>= 20 images in every paper subset) / "
+               "120 ooc, 64-96 px",
                cooc_quota=20, cooc_scale=True),
         Preset("small", 1600, 400, 100, 128, 160, 7, 5, 2, "about 2,000 images of 128-160 px"),
         Preset("large", 10582, 1449, 300, 256, 500, 8, 5, 2, "VOC-sized: 10,582 train_aug / 1,449 val, 256-500 px"),
     )
 }
+
+# the embedded default (default_dataset): what the shipped models were trained and evaluated on
+DEFAULT_PRESET = "bench"
+DEFAULT_SEED = 0
 
 # ---------------------------------------------------------------------------------------------
 # Class-set sampling (real VOC train_aug statistics)
@@ -1303,7 +1309,7 @@ def generate(
             **({"cooc_threshold_scaling": True} if p.cooc_scale else {}),
             "val_stratified": {val_ids[i]: s.pattern for i, s in enumerate(val_specs) if s.pattern},
         }
-        (tmp / "synthvoc.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / voc.SYNTH_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _install(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1337,24 +1343,30 @@ def _install(tmp: Path, final: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def default_dataset_root() -> Path:
+    """Where :func:`default_dataset` keeps its tree (``cache_dir()/synthvoc-<DEFAULT_PRESET>-seed0/VOC2012``);
+    it may not exist yet."""
+    from ..paths import cache_dir
+
+    return cache_dir() / f"synthvoc-{DEFAULT_PRESET}-seed{DEFAULT_SEED}" / "VOC2012"
+
+
 def default_dataset(progress: bool = False) -> Path:
-    """The embedded default (SynthVOC tiny, seed 0): generated once into
-    ``cache_dir()/synthvoc-tiny-seed0/VOC2012`` and reused.
+    """The embedded default (SynthVOC :data:`DEFAULT_PRESET`, seed 0: what the shipped models were
+    trained and evaluated on): generated once into :func:`default_dataset_root` and reused.
 
     Safe against concurrent callers: each generates into its own temporary folder and renames it
     into place; the first rename wins and the others use its tree. A cache left by another
     generator version is moved aside and replaced.
     """
-    from ..paths import cache_dir
-
-    base = cache_dir() / "synthvoc-tiny-seed0"
-    root = base / "VOC2012"
+    root = default_dataset_root()
+    base = root.parent
     if _complete(root):
         return root
     work = Path(tempfile.mkdtemp(prefix=f".{base.name}.tmp-", dir=base.parent))
     try:
         os.chmod(work, 0o755)
-        generate(work, preset="tiny", seed=0, progress=progress)
+        generate(work, preset=DEFAULT_PRESET, seed=DEFAULT_SEED, progress=progress)
         for _ in range(2):
             try:
                 os.rename(work, base)
@@ -1376,10 +1388,6 @@ def default_dataset(progress: bool = False) -> Path:
 
 
 def _complete(root: Path) -> bool:
-    meta = root / "synthvoc.json"
-    if not meta.is_file() or not (root / "ImageSets" / "Segmentation" / "ooc.txt").is_file():
+    if not (root / "ImageSets" / "Segmentation" / "ooc.txt").is_file():
         return False
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("generator_version") == GENERATOR_VERSION
-    except (OSError, ValueError):
-        return False
+    return (voc.synth_meta(root) or {}).get("generator_version") == GENERATOR_VERSION

@@ -32,6 +32,24 @@ def resolve_root(root: str | Path) -> Path:
     raise DataError("not a VOC tree: no JPEGImages/ folder here (pass the VOC2012/ folder)", root)
 
 
+SYNTH_META = "synthvoc.json"  # a SynthVOC tree's description (data.synth writes it; real VOC has none)
+
+
+def synth_meta(root: str | Path) -> dict | None:
+    """The parsed ``synthvoc.json`` of a SynthVOC tree; None for a tree without one (real VOC) or
+    with a damaged one (callers then treat the tree as plain VOC; the fingerprint still identifies it)."""
+    import json
+
+    path = Path(root) / SYNTH_META
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def split_file(root: Path, split: str) -> Path:
     return root / "ImageSets" / "Segmentation" / f"{split}.txt"
 

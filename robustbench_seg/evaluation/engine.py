@@ -684,14 +684,9 @@ SEED = 0
 
 def dataset_name(root: Path) -> str:
     """``SynthVOC-<preset>`` for a SynthVOC tree (its ``synthvoc.json``), else the folder's name."""
-    meta = root / "synthvoc.json"
-    if meta.is_file():
-        try:
-            name = json.loads(meta.read_text(encoding="utf-8")).get("dataset")
-        except (OSError, ValueError, AttributeError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
+    name = (voc.synth_meta(root) or {}).get("dataset")
+    if isinstance(name, str) and name:
+        return name
     return root.name or "dataset"
 
 

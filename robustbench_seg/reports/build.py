@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..data.synth import DEFAULT_PRESET
 from ..errors import RbsegError
 from ..io import atomic_write_json, atomic_write_text
 from . import figures as figs
 from . import spec
+from .headline import headline
 from .html import render_index
 from .inputs import ResultIndex, load_result_index
 from .tables import Table, build_tables, write_table
 
-DEFAULT_DATASET = "SynthVOC-tiny"  # what data.synth.default_dataset() generates
+DEFAULT_DATASET = f"SynthVOC-{DEFAULT_PRESET}"  # what data.synth.default_dataset() generates
 DEFAULT_OUT = "reports-out"  # never the shipped reports/ (rbseg check's expected.json lives there)
 
 
@@ -67,6 +69,7 @@ class ReportSummary:
     data_root: str | None = None
     models: dict[str, dict] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # evaluated input -> why a table leaves it out
+    headline: list[str] = field(default_factory=list)  # reports.headline: what the results show, in sentences
 
     def to_json(self) -> dict[str, Any]:
         rel = lambda p: _rel(p, self.out_dir)  # noqa: E731
@@ -82,6 +85,7 @@ class ReportSummary:
                                 "skipped": f.skipped, "missing": f.missing} for f in self.figures},
             "warnings": list(self.warnings),
             "left_out": dict(self.left_out),
+            "headline": list(self.headline),
             "index": rel(self.index_html),
         }
 
@@ -151,9 +155,11 @@ def build_report(
         say(f"{f.key}: " + (f"skipped ({f.skipped})" if f.skipped else ", ".join(p.name for p in f.files.values())))
 
     protocol = index.protocol(index.records)
-    index_html = atomic_write_text(out / "index.html", render_index(tables, figures, out, protocol, index.warnings, str(results_dir)))
+    lines = headline(index)
+    index_html = atomic_write_text(out / "index.html", render_index(tables, figures, out, protocol, index.warnings,
+                                                                    str(results_dir), lines))
     summary = ReportSummary(out, tables, figures, index_html, protocol, list(index.warnings),
-                            None if root is None else str(root), summary_models, dict(left_out))
+                            None if root is None else str(root), summary_models, dict(left_out), lines)
     atomic_write_json(out / "report.json", summary.to_json())
     return summary
 

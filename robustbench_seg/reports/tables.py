@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,6 +357,45 @@ def white_box(index: ResultIndex, model: str, perturbation: str, split: str = "v
     return bool(sha) and sha == index.model_sha256(model, split)
 
 
+def fooling_rate(meta: dict) -> tuple[float, str] | None:
+    """(fooling rate, on what) a perturbation recorded when it was crafted, on its own validation data:
+    ``val_fooling_rate`` (a UAP's held-out crops) when recorded, else ``fooling_rate`` (a GD-UAP's is measured on
+    its held-out validation images); None when the file records neither."""
+    for key in ("val_fooling_rate", "fooling_rate"):
+        value = meta.get(key) if isinstance(meta, dict) else None
+        if isinstance(value, (int, float)):
+            return float(value), str(meta.get(f"{key}_on") or "data not recorded")
+    return None
+
+
+def attack_strength_notes(index: ResultIndex, models: Sequence[str], perts: Sequence[str], split: str = "val") -> list[str]:
+    """Table 4's two notes on what each perturbation does: its recorded fooling rate on its own validation
+    data, and the mIoU drop (clean - perturbed, points) it causes on every row."""
+    rates = []
+    for p in perts:
+        got = fooling_rate(index.perturbation_meta(p))
+        if got is not None:
+            rates.append(f"{p} {got[0]:.3f} ({got[1]})")
+    notes = ["Fooling rate of each perturbation on its own validation data, as recorded when it was crafted: "
+             + "; ".join(rates) + "."] if rates else []
+    drops = []
+    for m in models:
+        clean = index.miou(m, "clean", split)
+        cells = [(p, index.miou(m, p, split)) for p in perts]
+        parts = [f"{_column_text_of(index, p)} {clean.value - c.value:.1f}" for p, c in cells if clean.ok and c.ok]
+        if parts:
+            drops.append(f"{_label(m)}: " + ", ".join(parts))
+    if drops:
+        notes.append("mIoU drop (clean - perturbed, points) per row: " + "; ".join(drops) + ".")
+    return notes
+
+
+def _column_text_of(index: ResultIndex, perturbation: str) -> str:
+    """The Table 4 column label a perturbation fills (its name when it fills none)."""
+    key, _ = table4_role(index.perturbation_meta(perturbation))
+    return _column_text(key) if key is not None else perturbation
+
+
 def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | None = None, key: str = "table4") -> Table:
     models = main_methods(index) if models is None else models
     inputs = table4_inputs(index, models, split)
@@ -379,6 +418,7 @@ def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | Non
     if any(c.mark for r in rows for c in r.cells):
         notes.append(f"{spec.WHITE_BOX_MARK} white-box: the perturbation was crafted on this very model (its recorded "
                      "source sha256 equals the model's), not a transfer.")
+    notes += attack_strength_notes(index, models, [p for p in perts if p != "clean"], split)
     if inputs.left_out:
         notes.append("Evaluated but not in this table (see the all-inputs table): "
                      + "; ".join(f"{n} ({why.removeprefix('not in Table 4: ')})" for n, why in inputs.left_out.items()) + ".")

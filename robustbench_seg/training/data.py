@@ -14,11 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..constants import IGNORE_INDEX, NUM_CLASSES
+from ..constants import IGNORE_INDEX
 from ..data import voc
 from ..data.transforms import train_transforms
-from ..io import atomic_write_json, read_json
-from ..paths import cache_dir
 from .samplers import AUGMENT, WORKER, WorkItem, derive_seed
 
 
@@ -94,14 +92,12 @@ def dataset_info(root: str | Path, split: str, ids: Sequence[str]) -> dict:
     root = Path(root)
     info = {"name": "VOC2012", "root": str(root), "split": split, "n_images": len(ids),
             "fingerprint": dataset_fingerprint(root, split, ids)}
-    meta_path = root / "synthvoc.json"
-    if meta_path.is_file():
-        try:
-            meta = read_json(meta_path)
-            info["name"] = meta.get("dataset", "SynthVOC")
-            info["synthvoc"] = {k: meta[k] for k in ("preset", "seed", "generator_version") if k in meta}
-        except Exception:  # a damaged side file must not stop training; the fingerprint still identifies the data
-            info["name"] = "SynthVOC"
+    meta = voc.synth_meta(root)  # None when damaged: training goes on, the fingerprint still identifies the data
+    if meta is not None:
+        info["name"] = meta.get("dataset", "SynthVOC")
+        info["synthvoc"] = {k: meta[k] for k in ("preset", "seed", "generator_version") if k in meta}
+    elif (root / voc.SYNTH_META).is_file():
+        info["name"] = "SynthVOC"
     return info
 
 
@@ -115,22 +111,14 @@ def split_classes(root: str | Path, split: str) -> tuple[list[str], list[list[in
     return ids, image_classes(root, split, ids)
 
 
-def image_classes(root: str | Path, split: str, ids: Sequence[str], fingerprint: str | None = None) -> list[list[int]]:
-    """Foreground classes present in each image's mask (cached by dataset fingerprint)."""
-    fingerprint = fingerprint or dataset_fingerprint(root, split, ids)
-    cache = cache_dir() / "class_sets" / f"{split}-{fingerprint}.json"
-    if cache.is_file():
-        try:
-            data = read_json(cache)
-            if isinstance(data, list) and len(data) == len(ids):
-                return [list(map(int, c)) for c in data]
-        except Exception:
-            pass  # recompute a damaged cache file
-    root = Path(root)
-    out = []
-    for image_id in ids:
-        mask = voc.read_mask(voc.mask_path(root, image_id, split))
-        values = np.unique(mask)
-        out.append([int(v) for v in values if 1 <= v < NUM_CLASSES])
-    atomic_write_json(cache, out)
-    return out
+def image_classes(root: str | Path, split: str, ids: Sequence[str]) -> list[list[int]]:
+    """Foreground classes present in each image's mask, sorted, in ``ids`` order (read once per split and
+    cached by ``data.stats.class_sets``, the one reader of per-image class sets)."""
+    from ..data.stats import class_sets, foreground
+    from ..errors import DataError
+
+    sets = class_sets(root, split)
+    missing = [i for i in ids if i not in sets]
+    if missing:
+        raise DataError(f"{len(missing)} id(s) not in split '{split}' (first: {missing[0]})", voc.split_file(Path(root), split))
+    return [sorted(foreground(sets[i])) for i in ids]

@@ -306,7 +306,7 @@ def _train(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Path:
         model = model.to(memory_format=torch.channels_last)
     ctx = StepContext(device, runtime.amp, runtime.amp_dtype, runtime.channels_last)
 
-    data = TrainData(len(ids), lambda: image_classes(root, cfg.split, ids, dinfo["fingerprint"]),
+    data = TrainData(len(ids), lambda: image_classes(root, cfg.split, ids),
                      classes_of=partial(split_classes, root), info=dinfo)  # info: cm records its C_ss split there
     stages = METHODS[cfg.method](cfg, data)
     dataset = TrainSamples(root, cfg.split, ids, cfg.crop, cfg.scale, cfg.seed)

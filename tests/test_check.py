@@ -130,15 +130,15 @@ def test_check_bad_inputs(results, tmp_path, capsys):
 # --- issue 10, item 11 ---------------------------------------------------------------------------------
 
 def test_check_after_the_quick_start_checks_only_what_was_evaluated(tmp_path, capsys):
-    """The shipped expected.json (written before results had sha256 entries, max_abs, finished, ...)
-    against results of `rbseg evaluate --model binding` alone: binding's entries are compared, the
+    """The shipped expected.json against results of `rbseg evaluate --model binding` alone (the same
+    model and perturbation files, as their recorded sha256 say): binding's entries are compared, the
     other models' are "not evaluated", and the check passes (fails with --require-all)."""
     from robustbench_seg.evaluation.results import subset_rows
     from robustbench_seg.paths import shipped_reports_dir
 
     shipped = shipped_reports_dir() / "expected.json"
     entries = [e for e in read_expected(shipped) if e["model"] == "binding" and e["split"] == "val"]
-    assert entries and all("model_sha256" not in e for e in entries)
+    assert entries
     by_pert: dict[str, dict] = {}
     for e in entries:
         by_pert.setdefault(e["perturbation"], {})[e["subset"]] = e
@@ -146,8 +146,9 @@ def test_check_after_the_quick_start_checks_only_what_was_evaluated(tmp_path, ca
     for pert, subsets in by_pert.items():
         first = next(iter(subsets.values()))
         rec = ResultRecord(
-            model={"name": "binding", "sha256": "m" * 64, "finished": True, "spec": "binding"},
-            perturbation={"name": pert, "sha256": None if pert == "clean" else "p" * 64, "meta": {}, "max_abs": 10.0},
+            model={"name": "binding", "sha256": first.get("model_sha256") or "m" * 64, "finished": True, "spec": "binding"},
+            perturbation={"name": pert, "sha256": None if pert == "clean" else first.get("perturbation_sha256") or "p" * 64,
+                          "meta": {}, "max_abs": 10.0},
             protocol={"dataset": first["dataset"], "split": "val", "fit": first["fit"], "clip": first["clip"],
                       "dtype": first["dtype"], "cooccur_splits_used": ["train_aug", "val"], "cooccur_splits_missing": [],
                       "duplicate_ids": {"count": 0, "ids": {}}},

@@ -154,10 +154,10 @@ def robustness_chart(index: ResultIndex, out_dir: str | Path, split: str = "val"
         ax.bar(x + (slot - (len(drawn) - 1) / 2) * width, [0.0 if math.isnan(v[k]) else v[k] for v in values.values()],
                width, label=" ".join(p for p in (group, label) if p))
         result.legend.append(" ".join(p for p in (group, label) if p))
-    ax.set_xticks(x, [_label(m) for m in values], fontsize=8)
+    ax.set_xticks(x, [_label(m).replace(" + ", "\n+ ") for m in values], fontsize=8)  # two lines per label: five or more methods fit
     ax.set_ylabel("mIoU (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(drawn), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.legend(fontsize=7, ncol=len(drawn), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     result.files = save_figure(fig, out_dir, "robustness")
     return result
 

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +9,7 @@ import pytest
 
 from robustbench_seg.evaluation import results as store
 from robustbench_seg.evaluation.engine import Shard, _Job
-
-TESTS = Path(__file__).resolve().parent
-
-
-def _run(cmd: list[str], timeout: int = 120) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
-        proc.communicate()
-        pytest.fail(f"{cmd[:4]} did not finish in {timeout} s")
-    assert proc.returncode == 0, err[-3000:]
-    return out
+from subprocs import run_rbseg
 
 
 def _evaluate_args(root: Path, out: Path) -> list[str]:
@@ -40,9 +20,8 @@ def _evaluate_args(root: Path, out: Path) -> list[str]:
 
 def test_two_process_torchrun_equals_one_process(synth_micro_root, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "robustbench_seg", *_evaluate_args(synth_micro_root, one)])
-    printed = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "robustbench_seg", *_evaluate_args(synth_micro_root, two)])
+    run_rbseg(_evaluate_args(synth_micro_root, one), timeout=120)
+    printed = run_rbseg(_evaluate_args(synth_micro_root, two), nproc=2, timeout=120)
     assert len(json.loads(printed)) == 4  # rank 0 alone prints: clean, two attacks, the worst case
     a, b = store.load_results(one), store.load_results(two)
     assert [r["perturbation"]["name"] for r in a] == [r["perturbation"]["name"] for r in b]

@@ -130,8 +130,8 @@ def scaled_thresholds(n_images: int, reference: int = VOC_COOCCUR_IMAGES,
 
 def tree_asks_scaling(root: str | Path) -> bool:
     """A SynthVOC tree whose ``synthvoc.json`` asks for scaled thresholds (``cooc_threshold_scaling``:
-    the ``bench`` preset and later ones; the legacy ``tiny``/``micro`` trees keep the paper's values
-    until the shipped zoo is regenerated). Any other tree (real VOC): False."""
+    the ``bench`` preset; the ``tiny``/``micro`` trees keep the paper's values). Any other tree (real
+    VOC): False."""
     return (voc.synth_meta(root) or {}).get("cooc_threshold_scaling") is True
 
 

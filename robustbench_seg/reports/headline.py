@@ -10,9 +10,7 @@ import statistics
 
 from . import spec
 from .inputs import ResultIndex
-from .tables import main_methods, replicates, seed_runs
-
-PLUS_MINUS = "\u00b1"
+from .tables import PLUS_MINUS, main_methods, replicates, seed_runs
 
 
 def _zoo_models(index: ResultIndex, split: str) -> list[str]:
@@ -22,14 +20,17 @@ def _zoo_models(index: ResultIndex, split: str) -> list[str]:
     return [m for m in index.models if m not in SEED_REPLICATES and index.miou(m, "clean", split).ok]
 
 
+def _clean_runs(index: ResultIndex, split: str) -> dict[str, list[float]]:
+    """Each main method's clean mIoU per training seed (its own run first, then its replicates'), where it has one."""
+    runs = {m: seed_runs(index, m, lambda name: index.miou(name, "clean", split)) for m in main_methods(index)}
+    return {m: r for m, r in runs.items() if r}
+
+
 def clean_line(index: ResultIndex, split: str = "val") -> str | None:
     """Table 1 in one sentence: each main method's clean mIoU (mean +- std over its seeds when replicated)
     and the range over every evaluated model."""
     parts = []
-    for model in main_methods(index):
-        runs = seed_runs(index, model, lambda m: index.miou(m, "clean", split))
-        if not runs:
-            continue
+    for model, runs in _clean_runs(index, split).items():
         if len(runs) >= 2:
             parts.append(f"{model} {statistics.fmean(runs):.1f} {PLUS_MINUS} {statistics.stdev(runs):.1f} "
                          f"(n={len(runs)} seeds)")
@@ -46,12 +47,8 @@ def clean_line(index: ResultIndex, split: str = "val") -> str | None:
 
 def seed_line(index: ResultIndex, split: str = "val") -> str | None:
     """The measured seed-to-seed spread: the yardstick of every "> 2 std" note."""
-    stds = []
-    for model in main_methods(index):
-        if replicates(index, model):
-            runs = seed_runs(index, model, lambda m: index.miou(m, "clean", split))
-            if len(runs) >= 2:
-                stds.append(f"{model} {statistics.stdev(runs):.2f}")
+    stds = [f"{model} {statistics.stdev(runs):.2f}" for model, runs in _clean_runs(index, split).items()
+            if replicates(index, model) and len(runs) >= 2]
     if not stds:
         return None
     return (f"Seed-to-seed sample std of the clean {split} mIoU: {', '.join(stds)} points; a difference between "
@@ -64,8 +61,8 @@ def attack_line(index: ResultIndex, split: str = "val") -> str | None:
     parts = []
     rank = {name: k for k, name in enumerate(spec.TABLE4_COLUMNS)}  # Table 4's column order, then by name
     for name in sorted(index.perturbations, key=lambda n: (rank.get(n, len(rank)), n)):
-        drops = [index.miou(m, "clean", split).value - index.miou(m, name, split).value
-                 for m in models if index.miou(m, name, split).ok]
+        cells = {m: index.miou(m, name, split) for m in models}
+        drops = [index.miou(m, "clean", split).value - c.value for m, c in cells.items() if c.ok]
         if drops:
             parts.append(f"{name} {statistics.fmean(drops):.1f} (range {min(drops):.1f} to {max(drops):.1f})")
     if not parts:

@@ -368,11 +368,12 @@ def fooling_rate(meta: dict) -> tuple[float, str] | None:
     return None
 
 
-def attack_strength_notes(index: ResultIndex, models: Sequence[str], perts: Sequence[str], split: str = "val") -> list[str]:
+def attack_strength_notes(index: ResultIndex, models: Sequence[str], columns: dict[str, str], split: str = "val") -> list[str]:
     """Table 4's two notes on what each perturbation does: its recorded fooling rate on its own validation
-    data, and the mIoU drop (clean - perturbed, points) it causes on every row."""
+    data, and the mIoU drop (clean - perturbed, points) it causes on every row. ``columns``: perturbation
+    name -> its column label, in column order."""
     rates = []
-    for p in perts:
+    for p in columns:
         got = fooling_rate(index.perturbation_meta(p))
         if got is not None:
             rates.append(f"{p} {got[0]:.3f} ({got[1]})")
@@ -381,19 +382,13 @@ def attack_strength_notes(index: ResultIndex, models: Sequence[str], perts: Sequ
     drops = []
     for m in models:
         clean = index.miou(m, "clean", split)
-        cells = [(p, index.miou(m, p, split)) for p in perts]
-        parts = [f"{_column_text_of(index, p)} {clean.value - c.value:.1f}" for p, c in cells if clean.ok and c.ok]
+        cells = [(label, index.miou(m, p, split)) for p, label in columns.items()]
+        parts = [f"{label} {clean.value - c.value:.1f}" for label, c in cells if clean.ok and c.ok]
         if parts:
             drops.append(f"{_label(m)}: " + ", ".join(parts))
     if drops:
         notes.append("mIoU drop (clean - perturbed, points) per row: " + "; ".join(drops) + ".")
     return notes
-
-
-def _column_text_of(index: ResultIndex, perturbation: str) -> str:
-    """The Table 4 column label a perturbation fills (its name when it fills none)."""
-    key, _ = table4_role(index.perturbation_meta(perturbation))
-    return _column_text(key) if key is not None else perturbation
 
 
 def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | None = None, key: str = "table4") -> Table:
@@ -418,7 +413,8 @@ def table4(index: ResultIndex, split: str = "val", models: tuple[str, ...] | Non
     if any(c.mark for r in rows for c in r.cells):
         notes.append(f"{spec.WHITE_BOX_MARK} white-box: the perturbation was crafted on this very model (its recorded "
                      "source sha256 equals the model's), not a transfer.")
-    notes += attack_strength_notes(index, models, [p for p in perts if p != "clean"], split)
+    notes += attack_strength_notes(index, models, {inputs.columns[k]: _column_text(k) for k in list(spec.TABLE4_COLUMNS)[1:]},
+                                   split)
     if inputs.left_out:
         notes.append("Evaluated but not in this table (see the all-inputs table): "
                      + "; ".join(f"{n} ({why.removeprefix('not in Table 4: ')})" for n, why in inputs.left_out.items()) + ".")
